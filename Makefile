@@ -1,0 +1,39 @@
+# Every target works on a fresh machine: `setup` installs what the others need.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint fmt emulator azurite
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed node_modules/.installed ## Create .venv and install Python and npm dependencies (quick when nothing changed)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: setup ## Run the test suite (starts Azurite if none is listening, stops only what it started)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: setup ## Apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+emulator: setup ## Run the gpt-image deployment emulator in the foreground (EMULATOR_* env vars or ARGS="...")
+	$(PY) -m emulators.image_deployment $(ARGS)
+
+azurite: setup ## Run Azurite (in memory) in the foreground
+	$(PY) -m devtools azurite

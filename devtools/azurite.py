@@ -1,0 +1,77 @@
+"""Azurite (the local Azure Storage emulator, pinned in package.json) for tests and the demo."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from devtools.services import REPO_ROOT, Service, port_open, start
+
+HOST = "127.0.0.1"
+BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
+
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def connection_string(
+    blob_port: int = BLOB_PORT, queue_port: int = QUEUE_PORT, table_port: int = TABLE_PORT
+) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://{HOST}:{blob_port}/{ACCOUNT};"
+        f"QueueEndpoint=http://{HOST}:{queue_port}/{ACCOUNT};"
+        f"TableEndpoint=http://{HOST}:{table_port}/{ACCOUNT};"
+    )
+
+
+def running(blob_port: int = BLOB_PORT, queue_port: int = QUEUE_PORT) -> bool:
+    return port_open(HOST, blob_port) and port_open(HOST, queue_port)
+
+
+def executable() -> str:
+    local = REPO_ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite")
+    if found is None:
+        raise FileNotFoundError("azurite is not installed: run `make setup` (npm ci)")
+    return found
+
+
+def start_azurite(
+    *,
+    blob_port: int = BLOB_PORT,
+    queue_port: int = QUEUE_PORT,
+    table_port: int = TABLE_PORT,
+    location: Path | None = None,
+    log_path: Path | None = None,
+    timeout: float = 60.0,
+) -> Service:
+    """Start Azurite on the given ports; in memory unless `location` asks for on-disk data."""
+    args = [
+        executable(),
+        "--silent",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--blobHost", HOST, "--blobPort", str(blob_port),
+        "--queueHost", HOST, "--queuePort", str(queue_port),
+        "--tableHost", HOST, "--tablePort", str(table_port),
+    ]  # fmt: skip
+    if location is None:
+        args.append("--inMemoryPersistence")
+    else:
+        args += ["--location", str(location)]
+    if log_path is None:
+        log_path = Path(tempfile.gettempdir()) / f"azurite-{blob_port}.log"
+    return start(
+        "azurite",
+        args,
+        ready=lambda: running(blob_port, queue_port) and port_open(HOST, table_port),
+        timeout=timeout,
+        log_path=log_path,
+    )

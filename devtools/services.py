@@ -1,0 +1,135 @@
+"""Start local services as child processes, wait for them on a deadline, stop them by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceError(RuntimeError):
+    """A local service did not start or did not become ready in time."""
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
+    """Poll `condition` until it holds; raise TimeoutError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class Service:
+    """A child process we started; `stop()` ends it (and only it) by its pid."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start(
+    name: str,
+    args: Sequence[str],
+    *,
+    ready: Callable[[], bool],
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log_path: Path | None = None,
+) -> Service:
+    """Start `args`, wait until `ready()` holds, and return the running service.
+
+    Output goes to `log_path` (or is discarded) so a chatty child never blocks on a full pipe.
+    """
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        list(args),
+        cwd=cwd or REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    service = Service(name, process, log_path)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not service.alive():
+            raise ServiceError(
+                f"{name} exited with code {process.returncode} before it was ready\n"
+                + service.log_tail()
+            )
+        if time.monotonic() >= deadline:
+            service.kill()
+            raise ServiceError(f"{name} was not ready after {timeout:.0f}s\n" + service.log_tail())
+        time.sleep(0.05)
+    return service
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,115 @@
+"""One HTTP call to the image API, as recorded in status.json, manifest.json and error.json.
+
+The record is produced by `image_api`, judged by `retry`, and stored by `store`; it is plain data
+so that the history survives redeliveries and continuations as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """How an attempt ended (DESIGN.md section 5)."""
+
+    SUCCEEDED = "succeeded"
+    SERVER_ERROR = "server_error"  # an SSE `error` event, or a 5xx
+    HTTP_ERROR = "http_error"  # any other non-2xx answer not named below
+    GATEWAY_TIMEOUT = "gateway_timeout"  # 408 from the gateway: nothing was sent for 60 s
+    RATE_LIMITED = "rate_limited"  # 429
+    DROPPED = "dropped"  # the connection ended inside the stream
+    TRUNCATED = "truncated"  # the stream ended cleanly without a completed event
+    READ_TIMEOUT = "read_timeout"
+    CONNECT_ERROR = "connect_error"
+    CONTENT_FILTER = "content_filter"  # moderation_blocked / content_filter
+    INVALID_REQUEST = "invalid_request"  # 400 to a request we thought valid
+    AUTH_ERROR = "auth_error"  # 401 / 403
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    type: str | None
+    code: str | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(
+            type=data.get("type"), code=data.get("code"), message=str(data.get("message", ""))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """Every field of `attempts[]` in DESIGN.md section 5, plus what the retry policy needs.
+
+    `retry_after_s` is the wait the service asked for (429), already converted from
+    `retry-after-ms` / `retry-after`; `ratelimit` keeps the x-ratelimit-* headers for quota tracking.
+    """
+
+    attempt: int
+    image_index: int
+    deployment: str
+    started_at: str
+    elapsed_s: float
+    first_event_s: float | None
+    http_status: int | None
+    apim_request_id: str | None
+    x_request_id: str | None
+    partial_images_sent: int
+    partials_received: int
+    outcome: Outcome
+    error: ErrorInfo | None = None
+    retry_after_s: float | None = None
+    ratelimit: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome is Outcome.SUCCEEDED
+
+    def renumbered(self, attempt: int) -> AttemptRecord:
+        return replace(self, attempt=attempt)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        data["error"] = self.error.to_json() if self.error else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttemptRecord:
+        error = data.get("error")
+        return cls(
+            attempt=int(data["attempt"]),
+            image_index=int(data["image_index"]),
+            deployment=str(data["deployment"]),
+            started_at=str(data["started_at"]),
+            elapsed_s=float(data["elapsed_s"]),
+            first_event_s=data.get("first_event_s"),
+            http_status=data.get("http_status"),
+            apim_request_id=data.get("apim_request_id"),
+            x_request_id=data.get("x_request_id"),
+            partial_images_sent=int(data.get("partial_images_sent", 0)),
+            partials_received=int(data.get("partials_received", 0)),
+            outcome=Outcome(data["outcome"]),
+            error=ErrorInfo.from_json(error) if isinstance(error, dict) else None,
+            retry_after_s=data.get("retry_after_s"),
+            ratelimit=dict(data.get("ratelimit") or {}),
+        )
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 UTC with a `Z`, millisecond precision: `2026-05-07T13:46:12.190Z`."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
