@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint fmt emulator azurite
+.PHONY: help setup test lint fmt emulator azurite demo run
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,3 +37,9 @@ emulator: setup ## Run the gpt-image deployment emulator in the foreground (EMUL
 
 azurite: setup ## Run Azurite (in memory) in the foreground
 	$(PY) -m devtools azurite
+
+demo: setup ## The main job end to end: Azurite, emulator, host; three requests; results in ./out/
+	$(PY) -m devtools.demo $(ARGS)
+
+run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote) and the host, until Ctrl-C
+	$(PY) -m devtools.stack

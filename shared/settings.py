@@ -66,6 +66,8 @@ class Settings:
     lock_lease_s: int = 60
     breaker_failures: int = 3
     breaker_cooldown_s: float = 30.0
+    # The quota's window: 60 s on Azure; tests shrink it with the emulator's clock.
+    rate_window_s: float = 60.0
 
     @property
     def poison_queue(self) -> str:
@@ -128,6 +130,7 @@ class _Reader:
             lock_lease_s=self.number("IMAGE_LOCK_LEASE_S", 60, 15, 60, int),
             breaker_failures=self.number("IMAGE_BREAKER_FAILURES", 3, 1, 3, int),
             breaker_cooldown_s=self.number("IMAGE_BREAKER_COOLDOWN_S", 30.0, 0.0, 3600.0, float),
+            rate_window_s=self.number("AZURE_OPENAI_RPM_WINDOW_S", 60.0, 0.01, 3600.0, float),
         )
 
     def storage(self) -> StorageConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from product_stack import Product, start_product
 
 from devtools import azurite
 from devtools.services import Service, free_port, http_ok, python_module, start
@@ -122,3 +123,37 @@ def emulator(_shared_emulator: Emulator) -> Emulator:
     """The session's emulator (no random faults, clock x0.01), reset before each test."""
     _shared_emulator.reset()
     return _shared_emulator
+
+
+@pytest.fixture
+def product_factory(
+    azurite_connection_string: str,
+    emulator: Emulator,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[Callable[..., Product]]:
+    """Start function_app.py in the host stand-in on a fresh queue and container."""
+    products: list[Product] = []
+
+    def make(overrides: dict[str, str] | None = None, api_key: str | None = None) -> Product:
+        product = start_product(
+            connection_string=azurite_connection_string,
+            emulator_url=emulator.base_url,
+            api_key=api_key or emulator.api_key,
+            deployment=emulator.deployment,
+            queue_name=unique_name("req"),
+            container_name=unique_name("img"),
+            log_path=tmp_path / f"host-{len(products)}.log",
+            overrides=overrides,
+        )
+        products.append(product)
+        return product
+
+    yield make
+    for product in products:
+        product.host.stop()
+
+
+@pytest.fixture
+def product(product_factory: Callable[..., Product]) -> Product:
+    return product_factory()

@@ -1,0 +1,143 @@
+"""The JSON documents of DESIGN.md section 5: status.json, manifest.json and error.json.
+
+Pure functions from values to dicts, so the shapes are tested without storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from shared.attempts import AttemptRecord
+
+MANIFEST_SCHEMA = "imagegen.manifest/1"
+ERROR_SCHEMA = "imagegen.error/1"
+INPUT_EXCERPT_BYTES = 1024
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class ErrorKind(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    CONTENT_FILTER = "content_filter"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    POISONED = "poisoned"
+
+
+def status_doc(
+    request_id: str,
+    status: Status,
+    *,
+    updated_at: str,
+    images_done: int,
+    attempts: Sequence[AttemptRecord],
+    request_hash: str | None = None,
+    created_at: str | None = None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": request_id,
+        "status": status.value,
+        "updated_at": updated_at,
+        "images_done": images_done,
+        "attempts": [a.to_json() for a in attempts],
+    }
+    if request_hash is not None:
+        doc["request_hash"] = request_hash
+    if created_at is not None:
+        doc["created_at"] = created_at
+    if detail is not None:
+        doc["detail"] = detail
+    return doc
+
+
+def attempts_from_status(doc: dict[str, Any] | None) -> list[AttemptRecord]:
+    """The attempt history a status.json carries; unreadable entries are skipped, not fatal."""
+    if not doc or not isinstance(doc.get("attempts"), list):
+        return []
+    history: list[AttemptRecord] = []
+    for entry in doc["attempts"]:
+        try:
+            history.append(AttemptRecord.from_json(entry))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return history
+
+
+def manifest_doc(
+    request_id: str,
+    *,
+    request: dict[str, Any],
+    request_hash: str,
+    images: Sequence[dict[str, Any]],
+    attempts: Sequence[AttemptRecord],
+    created_at: str,
+    completed_at: str,
+    metadata: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "id": request_id,
+        "status": Status.SUCCEEDED.value,
+        "request": request,
+        "request_hash": request_hash,
+        "images": list(images),
+        "attempts": [a.to_json() for a in attempts],
+        "created_at": created_at,
+        "completed_at": completed_at,
+        "metadata": metadata,
+    }
+
+
+def error_doc(
+    request_id: str,
+    *,
+    status: Status,
+    kind: ErrorKind,
+    message: str,
+    created_at: str,
+    completed_at: str,
+    request: dict[str, Any] | None = None,
+    request_hash: str | None = None,
+    images: Sequence[dict[str, Any]] = (),
+    attempts: Sequence[AttemptRecord] = (),
+    metadata: dict[str, str] | None = None,
+    input_text: str | None = None,
+    queue_message_id: str | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": ERROR_SCHEMA,
+        "id": request_id,
+        "status": status.value,
+        "request": request,
+        "images": list(images),
+        "attempts": [a.to_json() for a in attempts],
+        "created_at": created_at,
+        "completed_at": completed_at,
+        "metadata": metadata or {},
+        "error": {"kind": kind.value, "message": message},
+    }
+    if request_hash is not None:
+        doc["request_hash"] = request_hash
+    if input_text is not None:
+        doc["input"] = input_text
+    if queue_message_id is not None:
+        doc["queue_message_id"] = queue_message_id
+    return doc
+
+
+def quote_input(body: bytes | str, limit: int | None = INPUT_EXCERPT_BYTES) -> str:
+    """The input as text for a record: UTF-8 with replacement, cut at `limit` bytes with a marker."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+    if limit is not None and len(raw) > limit:
+        cut = raw[:limit].decode("utf-8", "ignore")
+        return f"{cut}… [truncated, {len(raw)} bytes in all]"
+    return raw.decode("utf-8", "replace")

@@ -1,0 +1,84 @@
+"""Wires settings into the long-lived objects one Functions worker process shares.
+
+Built once per process: the storage clients and HTTP sessions keep their connection pools across
+invocations, and the rate limiter must see every call the process makes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from shared.attempts import utc_now
+from shared.image_api import ImageApi
+from shared.ratelimit import RateLimiter
+from shared.retry import RetryPolicy
+from shared.settings import Settings, StorageConfig
+from shared.store import RequestStore
+
+
+def blob_service(config: StorageConfig) -> BlobServiceClient:
+    if config.connection_string is not None:
+        return BlobServiceClient.from_connection_string(config.connection_string)
+    return BlobServiceClient(config.blob_service_uri or "", credential=_identity())
+
+
+def queue_service(config: StorageConfig) -> QueueServiceClient:
+    if config.connection_string is not None:
+        return QueueServiceClient.from_connection_string(config.connection_string)
+    return QueueServiceClient(config.queue_service_uri or "", credential=_identity())
+
+
+def _identity():  # type: ignore[no-untyped-def]
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+@dataclass
+class Runtime:
+    """Everything the pipeline needs, with time, sleep and randomness injectable for tests."""
+
+    settings: Settings
+    store: RequestStore
+    requests_queue: QueueClient
+    api: ImageApi
+    limiter: RateLimiter
+    policy: RetryPolicy
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], datetime] = utc_now
+    _ready: bool = False
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        queues = queue_service(settings.storage)
+        return cls(
+            settings=settings,
+            store=RequestStore(blob_service(settings.storage), settings.images_container),
+            requests_queue=queues.get_queue_client(settings.requests_queue),
+            api=ImageApi(
+                api_version=settings.api_version,
+                connect_timeout_s=settings.connect_timeout_s,
+                read_timeout_s=settings.read_timeout_s,
+            ),
+            limiter=RateLimiter(clock=time.monotonic, window_s=settings.rate_window_s),
+            policy=RetryPolicy.from_settings(settings),
+        )
+
+    def ensure_ready(self) -> None:
+        """Create the output container once per process (idempotent, cheap after the first call)."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if not self._ready:
+                self.store.ensure_container()
+                self._ready = True
