@@ -1,0 +1,768 @@
+"""The queue message, contract v1 (DESIGN.md section 4): decode a body, validate it, encode it back.
+
+Producers put either raw JSON or base64 of it on the queue (host.json says `messageEncoding: none`),
+so `decode_body` accepts both and turns every other body into `InvalidMessage` instead of a crash:
+a malformed message must end as a `rejected` record, never loop into the poison queue unexplained.
+
+Validation is strict (no coercion, unknown fields rejected) and every error names its field first,
+in words a producer can act on; pydantic's own wording is replaced wherever it would be unclear.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import hashlib
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_MESSAGE_BYTES = 65536  # Azure Storage queues and Azurite: UTF-8 size of the message text
+MAX_EXCERPT_BYTES = 1024  # a rejected record quotes at most this much of its input
+MAX_ERRORS = 20  # a message with thousands of unknown fields still gets a readable error
+DEFAULT_INPUT_CONTAINERS: tuple[str, ...] = ("inputs",)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,3}x[1-9][0-9]{1,3})$"  # necessary, not sufficient
+CONTAINER_PATTERN = r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}"
+BLOB_PATH_PATTERN = rf"^{CONTAINER_PATTERN}/[^/\\\u0000-\u001f\u007f-\u009f]"
+MASK_PATTERN = rf"{BLOB_PATH_PATTERN}.*\.[pP][nN][gG]$"
+MAX_SIDE = 3840
+MIN_SIDE = 16
+MAX_PIXELS = 8_294_400  # 3840x2160
+MAX_RATIO = 3
+MAX_BLOB_NAME = 1024  # Azure's limit on a blob name
+
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_CONTAINER_RE = re.compile(CONTAINER_PATTERN)
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_JSON_WHITESPACE = " \t\n\r"
+
+Operation = Literal["generate", "edit"]
+Quality = Literal["low", "medium", "high", "auto"]
+OutputFormat = Literal["png", "jpeg"]
+Background = Literal["auto", "opaque", "transparent"]
+Moderation = Literal["auto", "low"]
+InputFidelity = Literal["low", "high"]
+
+
+class InvalidMessage(ValueError):
+    """A queue message that breaks the contract; no retry can fix it.
+
+    `errors` are field-first lines (`n: ...`); `message` joins them; `input_excerpt` quotes what was
+    rejected (at most 1 KiB) for the `rejected` record.
+    """
+
+    def __init__(self, errors: str | Iterable[str], *, input_excerpt: str = "") -> None:
+        self.errors: tuple[str, ...] = (errors,) if isinstance(errors, str) else tuple(errors)
+        self.message: str = "; ".join(self.errors)
+        self.input_excerpt: str = input_excerpt
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _fail(reason: str) -> PydanticCustomError:
+    # The template is only "{reason}": braces inside the reason are never re-formatted.
+    return PydanticCustomError("contract", "{reason}", {"reason": reason})
+
+
+def _show(value: str, limit: int = 60) -> str:
+    """A string quoted for an error message, cut short so one bad field cannot flood the record."""
+    shown = repr(value if len(value) <= limit else value[:limit] + "…")
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogate(value: str) -> str | None:
+    """Why a string is not valid Unicode, if it is not: a lone surrogate (JSON "\\ud800")."""
+    found = _SURROGATE_RE.search(value)
+    if found is None:
+        return None
+    return f"contains an unpaired UTF-16 surrogate (\\u{ord(found.group()):04x})"
+
+
+def _check_text(value: str) -> str:
+    # A lone surrogate cannot be encoded as UTF-8: it would crash every later write of the request.
+    reason = _surrogate(value)
+    if reason is not None:
+        raise _fail(reason)
+    return value
+
+
+def _allowed_containers(info: ValidationInfo) -> tuple[str, ...]:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    allowed = context.get("input_containers", DEFAULT_INPUT_CONTAINERS)
+    return (allowed,) if isinstance(allowed, str) else tuple(allowed)
+
+
+def _check_blob_path(value: str, info: ValidationInfo) -> str:
+    """`container/name` inside an allowed input container: nothing else can be read."""
+    if value == "":
+        raise _fail("must not be empty; expected a blob path 'container/name'")
+    if "://" in value or _URL_RE.match(value):
+        raise _fail(f"expected a blob path 'container/name', not a URL: {_show(value)}")
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value):
+        raise _fail(f"must not contain control characters, got {_show(value)}")
+    _check_text(value)
+    if "\\" in value:
+        raise _fail(f"must not contain backslashes, got {_show(value)}")
+    if value.startswith("/"):
+        raise _fail(f"expected a blob path 'container/name', not an absolute path: {_show(value)}")
+    container, _, name = value.partition("/")
+    if not name:
+        raise _fail(f"expected a blob path 'container/name', got {_show(value)}")
+    if not _CONTAINER_RE.fullmatch(container):
+        raise _fail(
+            f"{_show(container)} is not a valid container name "
+            "(3-63 lowercase letters, digits and single hyphens, starting and ending alphanumeric)"
+        )
+    segments = name.split("/")
+    if "" in segments:
+        raise _fail(f"empty path segment ('//' or a trailing '/') in {_show(value)}")
+    if any(segment in (".", "..") for segment in segments):
+        raise _fail(f"'.' and '..' path segments are not allowed, got {_show(value)}")
+    if len(name) > MAX_BLOB_NAME:
+        raise _fail(f"blob name is {len(name)} characters, over Azure's {MAX_BLOB_NAME}")
+    allowed = _allowed_containers(info)
+    if container not in allowed:
+        raise _fail(
+            f"container {container!r} is not an allowed input container "
+            f"(allowed: {', '.join(allowed) or 'none'})"
+        )
+    return value
+
+
+def _check_png(value: str) -> str:
+    if not value.lower().endswith(".png"):
+        raise _fail(f"must be a PNG blob (a name ending in .png), got {_show(value)}")
+    return value
+
+
+def _check_size(value: str) -> str:
+    if value == "auto":
+        return value
+    match = re.fullmatch(r"([0-9]+)x([0-9]+)", value)
+    if match is None or any(len(side) > 1 and side[0] == "0" for side in match.groups()):
+        raise _fail(f"expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {_show(value)}")
+    sides = match.groups()
+    # int() refuses over 4300 digits; anything past 5 digits is out of range anyway.
+    if any(len(side) > 5 for side in sides):
+        raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {_show(value)}")
+    width, height = int(sides[0]), int(sides[1])
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {value}")
+    if width % 16 or height % 16:
+        raise _fail(f"width and height must be multiples of 16, got {value}")
+    long, short = max(width, height), min(width, height)
+    if long > MAX_RATIO * short:
+        raise _fail(
+            f"the long side may be at most {MAX_RATIO} times the short side, "
+            f"got {value} (ratio {long / short:.2f})"
+        )
+    if width * height > MAX_PIXELS:
+        raise _fail(
+            f"at most {MAX_PIXELS:,} pixels (3840x2160), got {value} ({width * height:,} pixels)"
+        )
+    return value
+
+
+def _edit_only(value: Any, info: ValidationInfo) -> Any:
+    operation = info.data.get("operation")
+    if value is not None and operation is not None and operation != "edit":
+        raise _fail(f"only allowed when operation is 'edit' (operation is {operation!r})")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_check_text)]
+BlobPath = Annotated[str, AfterValidator(_check_blob_path)]
+MaskPath = Annotated[str, AfterValidator(_check_blob_path), AfterValidator(_check_png)]
+
+
+class GenerationRequest(BaseModel):
+    """One queue message, validated: what to generate (or edit) and where it goes (`images/{id}/`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Names the output folder images/{id}/. Absent or null: the queue message id. "
+        "An empty string is invalid, not absent.",
+    )
+    operation: Operation = Field(
+        default="generate",
+        description="generate: text to image. edit: change input_images (and an optional mask).",
+    )
+    prompt: Text = Field(
+        min_length=1,
+        max_length=32000,
+        description="Required: 1..32000 characters (Unicode code points).",
+    )
+    size: Annotated[str, AfterValidator(_check_size)] = Field(
+        default="auto",
+        description="'auto', or 'WIDTHxHEIGHT': both multiples of 16, each side 16..3840, "
+        "long side at most 3 times the short side, at most 8,294,400 pixels (3840x2160).",
+    )
+    quality: Quality = Field(default="auto", description="Rendering quality.")
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Number of images, 1..10. Streaming allows one image per call: n images are n calls.",
+    )
+    output_format: OutputFormat = Field(
+        default="png", description="png or jpeg (the Azure deployment rejects webp)."
+    )
+    output_compression: int | None = Field(
+        default=None, ge=0, le=100, description="0..100; only with output_format 'jpeg'."
+    )
+    background: Background = Field(
+        default="auto", description="'transparent' needs output_format 'png'."
+    )
+    moderation: Moderation = Field(default="auto", description="Content moderation level.")
+    partial_images: int = Field(
+        default=0,
+        ge=0,
+        le=3,
+        description="0..3 partial images the caller wants to see; the call always asks for at "
+        "least the keep-alive minimum (IMAGE_MIN_PARTIAL_IMAGES).",
+    )
+    save_partials: bool = Field(
+        default=False, description="Keep the partial images as blobs under images/{id}/partials/."
+    )
+    input_images: list[BlobPath] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        validate_default=True,  # so that "edit without input_images" is caught
+        description="operation 'edit' only, and required there: 1..16 blob paths "
+        "'container/name' in an allowed input container (IMAGE_INPUT_CONTAINERS). "
+        "No URLs, absolute paths, backslashes, or '.'/'..'/empty segments.",
+    )
+    mask: MaskPath | None = Field(
+        default=None,
+        description="operation 'edit' only: one blob path 'container/name' of a PNG "
+        "in an allowed input container.",
+    )
+    input_fidelity: InputFidelity | None = Field(default=None, description="operation 'edit' only.")
+    user: Text | None = Field(
+        default=None,
+        max_length=256,
+        description="End-user id passed to the service, <= 256 characters.",
+    )
+    metadata: dict[Text, Text] = Field(
+        default_factory=dict,
+        description="Flat object of string to string, echoed into the manifest.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_absent(cls, data: Any) -> Any:
+        # Unknown fields keep their null so they are still reported as unknown.
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _no_webp(cls, value: Any) -> Any:
+        if value == "webp":
+            raise _fail(
+                "'webp' is not supported: the Azure deployment rejects webp; use 'png' or 'jpeg'"
+            )
+        return value
+
+    @field_validator("output_compression")
+    @classmethod
+    def _jpeg_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        fmt = info.data.get("output_format")
+        if value is not None and fmt is not None and fmt != "jpeg":
+            raise _fail(f"only allowed with output_format 'jpeg' (output_format is {fmt!r})")
+        return value
+
+    @field_validator("background")
+    @classmethod
+    def _transparent_needs_png(cls, value: str, info: ValidationInfo) -> str:
+        fmt = info.data.get("output_format")
+        if value == "transparent" and fmt is not None and fmt != "png":
+            raise _fail(f"'transparent' needs output_format 'png' (output_format is {fmt!r})")
+        return value
+
+    @field_validator("input_images")
+    @classmethod
+    def _inputs_for_edit(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        operation = info.data.get("operation")
+        if operation == "edit" and value is None:
+            raise _fail("required when operation is 'edit' (1..16 blob paths 'container/name')")
+        return _edit_only(value, info)
+
+    @field_validator("mask", "input_fidelity")
+    @classmethod
+    def _edit_only(cls, value: Any, info: ValidationInfo) -> Any:
+        return _edit_only(value, info)
+
+    def request_hash(self) -> str:
+        """sha256 of every validated field, defaults applied: tells "id reused" from a redelivery."""
+        canonical = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def to_message(self) -> str:
+        """Compact JSON of every field that is not None, for re-enqueueing (continuations).
+
+        Defaults are written out so that a continuation keeps its request hash even if a later
+        release changes a default.
+        """
+        text = json.dumps(
+            self.model_dump(mode="json", exclude_none=True),
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        # U+FFFE/U+FFFF are not allowed in XML, which carries the queue message text.
+        return text.replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the list and dict fields.
+        return hash(self.request_hash())
+
+
+FIELDS: tuple[str, ...] = tuple(GenerationRequest.model_fields)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: tuple(get_args(alias))
+    for name, alias in (
+        ("operation", Operation),
+        ("quality", Quality),
+        ("output_format", OutputFormat),
+        ("background", Background),
+        ("moderation", Moderation),
+        ("input_fidelity", InputFidelity),
+    )
+}
+_RANGES: dict[str, tuple[int, int]] = {
+    "n": (1, 10),
+    "output_compression": (0, 100),
+    "partial_images": (0, 3),
+}
+_EXPECTED = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "a boolean (true or false)",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "a JSON object",
+}
+
+
+# --- error messages ------------------------------------------------------------------------------
+
+
+def describe(value: Any) -> str:
+    """A JSON value as an error message names it: `string '2'`, `number 2.0`, `boolean true`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {_integer(value)}"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        return f"string {_show(value)}"
+    if isinstance(value, list | tuple):
+        count = len(value)
+        return f"array of {count} item{'' if count == 1 else 's'}" if count else "empty array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _integer(value: int) -> str:
+    digits = str(value)
+    return digits if len(digits) <= 20 else f"{digits[:12]}… ({len(digits.lstrip('-'))} digits)"
+
+
+def _label(key: Any) -> str:
+    text = str(key)
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        return text
+    return _show(text, 40)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "message"
+    out = _label(loc[0])
+    for i, part in enumerate(loc[1:], start=1):
+        if part == "[key]" and i == len(loc) - 1:
+            out += " (key)"
+        elif isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f"[{json.dumps(str(part)[:40], ensure_ascii=False)}]"
+    return out
+
+
+def _explain_id(value: str) -> str:
+    if value == "":
+        return "must not be empty (omit it, or send null, to use the queue message id)"
+    if len(value) > 128:
+        return f"must be at most 128 characters, got {len(value)}"
+    if value[0] not in _ID_CHARS or value[0] in "._-":
+        return f"must start with a letter or digit (A-Z, a-z, 0-9), got {_show(value)}"
+    bad = next((ch for ch in value if ch not in _ID_CHARS), "")
+    return (
+        f"may contain only letters, digits, '.', '_' and '-' (pattern {ID_PATTERN}), "
+        f"got {_show(value)} (bad character {_show(bad)})"
+    )
+
+
+def _explain(error: Any) -> str:
+    """One pydantic error as a field-first sentence."""
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    kind: str = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    field = str(loc[0]) if loc else ""
+    where = _path(loc)
+    if kind == "contract":
+        reason = str(ctx.get("reason", error["msg"]))
+    elif kind == "missing":
+        reason = "required field is missing"
+    elif kind == "extra_forbidden":
+        close = difflib.get_close_matches(field, FIELDS, n=1, cutoff=0.7)
+        reason = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+    elif kind == "literal_error" and field in _CHOICES:
+        choices = ", ".join(repr(c) for c in _CHOICES[field])
+        reason = f"expected one of {choices}, got {describe(value)}"
+    elif kind in _EXPECTED:
+        reason = f"expected {_EXPECTED[kind]}, got {describe(value)}"
+    elif kind in ("greater_than_equal", "less_than_equal") and field in _RANGES:
+        lo, hi = _RANGES[field]
+        reason = f"must be {lo}..{hi}, got {_integer(value) if isinstance(value, int) else value}"
+    elif kind == "string_pattern_mismatch" and field == "id" and isinstance(value, str):
+        reason = _explain_id(value)
+    elif kind in ("string_too_short", "too_short") and isinstance(value, str):
+        reason = "must not be empty"
+    elif kind in ("string_too_long", "too_long") and isinstance(value, str):
+        reason = f"must be at most {ctx.get('max_length')} characters, got {len(value)}"
+    elif kind == "string_unicode":  # pydantic finds lone surrogates itself where it counts length
+        reason = (isinstance(value, str) and _surrogate(value)) or "not valid Unicode text"
+    elif kind == "too_short" and field == "input_images":
+        reason = "must list 1..16 blob paths, got an empty array"
+    elif kind == "too_long" and field == "input_images":
+        reason = f"must list at most 16 blob paths, got {ctx.get('actual_length')}"
+    else:  # a rule with no wording of ours yet: pydantic's is better than nothing
+        reason = f"{error['msg']} (got {describe(value)})"
+    return f"{where}: {reason}"
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    order = {name: i for i, name in enumerate(FIELDS)}
+    errors = sorted(
+        exc.errors(include_url=False),
+        key=lambda e: order.get(str(e["loc"][0]), len(order)) if e["loc"] else -1,
+    )
+    # Dedupe, keep order; whatever the input held, the lines must encode as UTF-8.
+    lines = list(
+        dict.fromkeys(
+            _explain(e).encode("utf-8", "backslashreplace").decode("utf-8") for e in errors
+        )
+    )
+    if len(lines) > MAX_ERRORS:
+        lines = [*lines[:MAX_ERRORS], f"message: {len(lines) - MAX_ERRORS} more errors not shown"]
+    return lines
+
+
+# --- decoding, validation, encoding --------------------------------------------------------------
+
+
+def excerpt(value: str | bytes | Any, limit: int = MAX_EXCERPT_BYTES) -> str:
+    """What was rejected, quoted for a record: valid UTF-8, at most `limit` bytes with the marker."""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "backslashreplace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=repr)
+        except (ValueError, TypeError, RecursionError):
+            text = f"<unprintable {type(value).__name__}>"
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    marker = f"…[truncated, {len(data)} bytes in all]"
+    keep = limit - len(marker.encode("utf-8"))
+    return data[:keep].decode("utf-8", "ignore") + marker
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_show(key, 40)}")
+        out[key] = value
+    return out
+
+
+def _loads(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, why it is not JSON); never raises, however hostile the text."""
+    try:
+        return (
+            json.loads(
+                text,
+                object_pairs_hook=_unique_keys,
+                parse_constant=_no_constant,
+                parse_float=_finite,
+            ),
+            None,
+        )
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg.removesuffix(' at')}: line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as exc:  # duplicate keys, NaN, over-long integers
+        if "integer string conversion" in str(exc):
+            return None, "an integer has more than 4300 digits"
+        return None, str(exc).split("\n", 1)[0][:200]
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def _decode(body: bytes | str) -> tuple[dict[str, Any], str]:
+    """The JSON object in a body and the text it came from (for quoting)."""
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(
+                f"body: not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
+                input_excerpt=excerpt(body),
+            ) from None
+    else:
+        text = body
+    text = text.removeprefix("\ufeff")  # a BOM some Windows tools write
+    if text.strip(_JSON_WHITESPACE) == "":
+        raise InvalidMessage("body: empty", input_excerpt=excerpt(text))
+
+    value, why = _loads(text)
+    if why is None and isinstance(value, dict):
+        return value, text
+    # Not a JSON object as it stands: base64 of one (the Functions output binding's encoding)?
+    b64 = "".join(text.split())
+    if why is None and not _B64_RE.fullmatch(b64):
+        raise InvalidMessage(
+            f"body: expected a JSON object, got {_json_type(value)}", input_excerpt=excerpt(text)
+        )
+    decoded, b64_why = _from_base64(b64)
+    if decoded is not None:
+        inner, inner_why = _loads(decoded)
+        if inner_why is None and isinstance(inner, dict):
+            return inner, decoded
+        if inner_why is None:
+            raise InvalidMessage(
+                f"body: expected a JSON object, got {_json_type(inner)} (after base64 decoding)",
+                input_excerpt=excerpt(text),
+            )
+        b64_why = f"as base64 it decodes to text that is not JSON: {inner_why}"
+    if why is None:
+        raise InvalidMessage(
+            f"body: expected a JSON object, got {_json_type(value)}", input_excerpt=excerpt(text)
+        )
+    raise InvalidMessage(
+        f"body: not JSON ({why}), nor base64 of a JSON object ({b64_why})",
+        input_excerpt=excerpt(text),
+    )
+
+
+def _from_base64(text: str) -> tuple[str | None, str]:
+    if not _B64_RE.fullmatch(text) or len(text.rstrip("=")) % 4 == 1 or not text.rstrip("="):
+        return None, "not base64"
+    padded = text.rstrip("=")
+    padded += "=" * (-len(padded) % 4)
+    try:
+        raw = base64.b64decode(padded, validate=True)
+    except binascii.Error:
+        return None, "not base64"
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff"), ""
+    except UnicodeDecodeError:
+        return None, "as base64 it decodes to bytes that are not UTF-8"
+
+
+def decode_body(body: bytes | str) -> dict[str, Any]:
+    """The JSON object a queue message carries, raw or base64; anything else is `InvalidMessage`."""
+    return _decode(body)[0]
+
+
+def validate_request(
+    data: Mapping[str, Any],
+    *,
+    default_id: str | None = None,
+    input_containers: Sequence[str] = DEFAULT_INPUT_CONTAINERS,
+) -> GenerationRequest:
+    """Validate a decoded message; `default_id` (the queue message id) fills an absent/null id."""
+    return _validate(data, default_id, input_containers, quoted=None)
+
+
+def _validate(
+    data: Any, default_id: str | None, input_containers: Sequence[str], quoted: str | None
+) -> GenerationRequest:
+    if not isinstance(data, Mapping):
+        raise InvalidMessage(
+            f"message: expected a JSON object, got {_json_type(data)}",
+            input_excerpt=excerpt(data if quoted is None else quoted),
+        )
+    fields = dict(data)
+    if fields.get("id") is None and default_id is not None:
+        fields["id"] = default_id
+    try:
+        return GenerationRequest.model_validate(
+            fields, strict=True, context={"input_containers": input_containers}
+        )
+    except ValidationError as exc:
+        raise InvalidMessage(
+            _messages(exc), input_excerpt=excerpt(data if quoted is None else quoted)
+        ) from None
+
+
+def parse_message(
+    body: bytes | str,
+    *,
+    message_id: str,
+    input_containers: Sequence[str] = DEFAULT_INPUT_CONTAINERS,
+) -> GenerationRequest:
+    """A queue message body to a request; the queue message id is the default `id`."""
+    data, text = _decode(body)
+    return _validate(data, message_id, input_containers, quoted=text)
+
+
+def encode_message(request: GenerationRequest) -> str:
+    """The message text to enqueue, refused here (not by the queue) when it is over 64 KiB."""
+    text = request.to_message()
+    size = len(text.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(
+            f"message: {size} bytes is over the queue's 64 KiB limit ({MAX_MESSAGE_BYTES} bytes); "
+            "shorten the prompt (non-ASCII characters take 2 to 4 bytes each)",
+            input_excerpt=excerpt(text),
+        )
+    return text
+
+
+# --- JSON Schema ---------------------------------------------------------------------------------
+
+
+def _nullable(prop: dict[str, Any]) -> dict[str, Any]:
+    outer = {k: prop.pop(k) for k in ("description", "default") if k in prop}
+    inner = prop.pop("anyOf", None) or [prop]
+    if {"type": "null"} not in inner:
+        inner = [*inner, {"type": "null"}]
+    return {"anyOf": inner, **outer}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the message: pydantic's, refined to state every rule it can.
+
+    Rules a schema cannot state (the size ratio and pixel cap, allowed containers, '..' segments) are
+    in the descriptions; the validator here is authoritative.
+    """
+    schema = GenerationRequest.model_json_schema(mode="validation")
+    props: dict[str, Any] = schema["properties"]
+    for prop in props.values():
+        prop.pop("title", None)
+        for option in prop.get("anyOf", []):
+            option.pop("title", None)
+    props["size"]["pattern"] = SIZE_PATTERN
+    props["input_images"]["anyOf"][0]["items"] = {"type": "string", "pattern": BLOB_PATH_PATTERN}
+    props["mask"]["anyOf"][0]["pattern"] = MASK_PATTERN
+    props["metadata"]["additionalProperties"] = {"type": "string"}
+    for name in FIELDS:
+        if name != "prompt":
+            props[name] = _nullable(props[name])
+    props["id"]["default"] = None
+    props["metadata"]["default"] = {}
+    schema["allOf"] = [
+        _implies("output_compression", {"type": "integer"}, {"output_format": {"const": "jpeg"}}),
+        _implies(
+            "background",
+            {"const": "transparent"},
+            {"output_format": {"enum": ["png", None]}},
+            present=False,
+        ),
+        _implies("operation", {"const": "edit"}, {"input_images": {"type": "array"}}),
+        _implies("input_images", {"type": "array"}, {"operation": {"const": "edit"}}),
+        _implies("mask", {"type": "string"}, {"operation": {"const": "edit"}}),
+        _implies("input_fidelity", {"type": "string"}, {"operation": {"const": "edit"}}),
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "GenerationRequest",
+        "description": "A message on the image-requests queue (contract v1), as JSON or base64 of "
+        "JSON. Unknown fields and wrong types are errors (no coercion); null means absent. "
+        "Generated by `python -m shared.contract`; shared/contract.py is authoritative.",
+        "type": "object",
+        "required": schema["required"],
+        "additionalProperties": False,
+        "properties": props,
+        "allOf": schema["allOf"],
+    }
+
+
+def _implies(
+    field: str, when: dict[str, Any], then: dict[str, Any], *, present: bool = True
+) -> dict[str, Any]:
+    """If `field` is there and matches `when`, the fields in `then` match (and, if `present`, exist)."""
+    rule: dict[str, Any] = {"properties": then}
+    if present:
+        rule["required"] = list(then)
+    return {"if": {"properties": {field: when}, "required": [field]}, "then": rule}
+
+
+def schema_text() -> str:
+    """The committed file's exact text (`python -m shared.contract > schemas/...`)."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(schema_text())
