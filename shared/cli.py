@@ -1,0 +1,634 @@
+"""Operators' command line: `python -m shared.cli submit|status|fetch|list|report|requeue-poison`.
+
+Works from an operator's shell that has only the storage settings (no AZURE_OPENAI_*), reading
+`local.settings.json` in the current directory under the environment, as Core Tools does.
+Exit codes: 0 done, 1 a request failed (or is unknown, or not finished), 2 usage or settings,
+3 storage unreachable. Storage errors end in one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import LinearRetry as BlobRetry
+from azure.storage.queue import LinearRetry as QueueRetry
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from shared.attempts import iso_utc
+from shared.client import ImageRequestClient, RequestTimeout
+from shared.contract import InvalidMessage, decode_body
+from shared.records import ErrorKind, Status, attempts_from_status, status_doc
+from shared.reporting import (
+    ERROR,
+    STATUS,
+    Folder,
+    RequestHistory,
+    build_report,
+    format_report,
+    request_folders,
+)
+from shared.settings import DEFAULT_API_VERSION, SettingsError, StorageConfig, _Reader
+from shared.store import LockHeld, RequestStore, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+LOCAL_SETTINGS = "local.settings.json"
+# One quick retry: an operator at a prompt wants "unreachable" in seconds, not the SDK's minutes.
+CONNECT_TIMEOUT_S = 5
+RETRY = {"backoff": 1, "retry_total": 1, "random_jitter_range": 0}
+# A re-sent poison body stays invisible until its records are cleared; if we die in between,
+# it still shows up on its own after this long.
+REQUEUE_HIDE_S = 30
+READ_THREADS = 8
+FINISHED = ("succeeded", "failed", "rejected")
+SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+SINCE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """The storage half of `Settings`: what the CLI needs, without the deployment settings."""
+
+    storage: StorageConfig
+    requests_queue: str = "image-requests"
+    images_container: str = "images"
+    input_containers: tuple[str, ...] = ("inputs",)
+    api_version: str = DEFAULT_API_VERSION
+
+
+def operator_settings(env: Mapping[str, str]) -> OperatorSettings:
+    """Same names, defaults and checks as `Settings.from_env`, minus AZURE_OPENAI_* (not needed)."""
+    reader = _Reader(env)  # The settings module's own reader, so the rules cannot drift apart.
+    return OperatorSettings(
+        storage=reader.storage(),
+        requests_queue=reader.queue_name("IMAGE_REQUESTS_QUEUE", "image-requests"),
+        images_container=reader.container_name("IMAGES_CONTAINER", "images"),
+        input_containers=tuple(
+            reader.container_name("IMAGE_INPUT_CONTAINERS", name.strip())
+            for name in (reader.get("IMAGE_INPUT_CONTAINERS") or "inputs").split(",")
+            if name.strip()
+        ),
+        api_version=reader.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+    )
+
+
+def operator_env(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    """`local.settings.json` Values (if the file is here) overlaid by the environment."""
+    path = cwd / LOCAL_SETTINGS
+    values: dict[str, str] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise SettingsError(f"{LOCAL_SETTINGS}: cannot read it ({exc})") from None
+        found = data.get("Values") if isinstance(data, dict) else None
+        if not isinstance(found, dict):
+            raise SettingsError(f"{LOCAL_SETTINGS}: expected an object with a 'Values' object")
+        values = {str(k): str(v) for k, v in found.items() if isinstance(v, str | int | float)}
+    values.update(environ)
+    return values
+
+
+def parse_since(text: str) -> timedelta:
+    """`30m`, `24h`, `7d` (also `s` and `w`) as a timedelta; argparse turns the error into usage."""
+    match = SINCE_RE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 24h or 7d, got {text!r}")
+    return timedelta(**{SINCE_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def parse_metadata(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+
+class Storage:
+    """The SDK clients one command uses, built with a short retry policy and timeout."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        config = settings.storage
+        blob_kwargs: dict[str, Any] = {
+            "retry_policy": BlobRetry(**RETRY),
+            "connection_timeout": CONNECT_TIMEOUT_S,
+        }
+        queue_kwargs: dict[str, Any] = {
+            "retry_policy": QueueRetry(**RETRY),
+            "connection_timeout": CONNECT_TIMEOUT_S,
+        }
+        if config.connection_string is not None:
+            blobs = BlobServiceClient.from_connection_string(
+                config.connection_string, **blob_kwargs
+            )
+            queues = QueueServiceClient.from_connection_string(
+                config.connection_string, **queue_kwargs
+            )
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+            blobs = BlobServiceClient(config.blob_service_uri or "", credential, **blob_kwargs)
+            queues = QueueServiceClient(config.queue_service_uri or "", credential, **queue_kwargs)
+        self.endpoint = blobs.url.rstrip("/")  # No key in it: safe to print.
+        self.container = blobs.get_container_client(settings.images_container)
+        self.queue: QueueClient = queues.get_queue_client(settings.requests_queue)
+        self.store = RequestStore(blobs, settings.images_container)
+        self.client = ImageRequestClient(
+            self.queue, self.container, input_containers=settings.input_containers
+        )
+
+    def folders(self) -> list[Folder]:
+        """Every request folder, newest first: one listing pass, no downloads."""
+        try:
+            listing = [(b.name, b.last_modified) for b in self.container.list_blobs()]
+        except ResourceNotFoundError:
+            return []  # No container yet: nothing was ever submitted here.
+        return request_folders(listing)
+
+    def read_records(self, folders: Sequence[Folder]) -> list[tuple[Folder, dict[str, Any] | None]]:
+        """Each folder's governing record, read in parallel; an unreadable one is None (and said)."""
+
+        def read(folder: Folder) -> tuple[Folder, dict[str, Any] | None]:
+            try:
+                return folder, self.store.read_json(folder.id, folder.governing)
+            except StoreError as exc:
+                _warn(f"{folder.id}: skipped, {exc}")
+                return folder, None
+
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            return list(pool.map(read, folders))
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, Storage], int]
+
+
+def cmd_submit(args: argparse.Namespace, storage: Storage) -> int:
+    fields = _request_fields(args)
+    try:
+        request_id = storage.client.submit(fields)
+    except InvalidMessage as exc:
+        for line in exc.errors:
+            _warn(f"invalid request: {line}")
+        return EXIT_USAGE
+    print(request_id, flush=True)
+    if not (args.wait or args.out):
+        return EXIT_OK
+    try:
+        record = storage.client.wait(
+            request_id, timeout=args.timeout, on_progress=_progress, poll_s=args.poll
+        )
+    except RequestTimeout:
+        _warn(f"{request_id}: not finished after {args.timeout:g}s; see `status {request_id}`")
+        return EXIT_FAILED
+    print(summary(record))
+    if args.out:
+        _download(storage, request_id, args.out)
+    return EXIT_OK if record.get("status") == "succeeded" else EXIT_FAILED
+
+
+def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options given: the contract applies its own defaults to the rest."""
+    metadata: dict[str, str] = {}
+    for key, value in args.metadata or ():
+        if key in metadata:
+            raise _UsageError(f"--metadata: key {key!r} given twice")
+        metadata[key] = value
+    fields = {
+        "id": args.id,
+        "operation": args.operation,
+        "prompt": args.prompt,
+        "size": args.size,
+        "quality": args.quality,
+        "n": args.n,
+        "output_format": args.output_format,
+        "output_compression": args.output_compression,
+        "background": args.background,
+        "moderation": args.moderation,
+        "partial_images": args.partial_images,
+        "save_partials": args.save_partials,
+        "input_images": args.input_image,
+        "mask": args.mask,
+        "input_fidelity": args.input_fidelity,
+        "user": args.user,
+        "metadata": metadata or None,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _progress(status: dict[str, Any]) -> None:
+    attempts = status.get("attempts") or []
+    parts = [
+        f"{status.get('status', '?')}",
+        f"images done {status.get('images_done', 0)}",
+        f"attempts {len(attempts)}",
+    ]
+    if attempts:
+        last = attempts[-1]
+        parts.append(f"last {last.get('outcome')} on {last.get('deployment')}")
+        parts.append(f"partials received {last.get('partials_received', 0)}")
+    _warn(f"{_clock()} {status.get('id', '')}: " + " · ".join(parts))
+
+
+def cmd_status(args: argparse.Namespace, storage: Storage) -> int:
+    record = storage.client.status(args.id)
+    if record is None:
+        _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
+        return EXIT_FAILED
+    print(json.dumps(record, indent=2, ensure_ascii=False) if args.json else summary(record))
+    return EXIT_FAILED if record.get("status") in ("failed", "rejected") else EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace, storage: Storage) -> int:
+    record = storage.client.status(args.id)
+    if record is None:
+        _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
+        return EXIT_FAILED
+    _download(storage, args.id, args.dir)
+    status = record.get("status")
+    if status != "succeeded":
+        _warn(f"{args.id} is {status}: downloaded what exists so far")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _download(storage: Storage, request_id: str, dest: str) -> None:
+    for path in storage.client.fetch(request_id, dest):
+        print(path)
+
+
+def cmd_list(args: argparse.Namespace, storage: Storage) -> int:
+    folders = _since(storage.folders(), args.since)
+    rows: list[dict[str, Any]] = []
+    # Newest first, read in batches until enough rows match: a status filter needs the records.
+    for start in range(0, len(folders), READ_THREADS * 4):
+        for folder, record in storage.read_records(folders[start : start + READ_THREADS * 4]):
+            row = _row(folder, record)
+            if args.status is None or row["status"] == args.status:
+                rows.append(row)
+        if len(rows) >= args.limit:
+            break
+    rows = rows[: args.limit]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for row in rows:
+        print(
+            f"{row['updated']}  {row['status']:<9}  images {row['images']:<2}  "
+            f"attempts {row['attempts']:<2}  {row['id']}"
+            + (f"  {row['detail']}" if row["detail"] else "")
+        )
+    if not rows:
+        _warn("no requests match")
+    return EXIT_OK
+
+
+def _row(folder: Folder, record: dict[str, Any] | None) -> dict[str, Any]:
+    record = record or {}
+    error = record.get("error") if folder.governing == ERROR else None
+    if isinstance(error, dict):
+        detail = f"{error.get('kind')}: {error.get('message', '')}"
+    else:
+        detail = str(record.get("detail") or "")
+    images = record.get("images")
+    return {
+        "id": folder.id,
+        "status": str(record.get("status") or "unknown"),
+        "updated": folder.updated.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "images": len(images) if isinstance(images, list) else int(record.get("images_done") or 0),
+        "attempts": len(record.get("attempts") or []),
+        "detail": _one_line(detail),
+    }
+
+
+def cmd_report(args: argparse.Namespace, storage: Storage) -> int:
+    now = datetime.now(UTC)
+    folders = _since(storage.folders(), args.since)
+    histories = [
+        RequestHistory(folder.id, record)
+        for folder, record in storage.read_records(folders)
+        if record is not None
+    ]
+    report = build_report(
+        histories,
+        since=now - args.since,
+        until=now,
+        api_version=storage.settings.api_version,
+        region=args.region,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report), end="")
+    return EXIT_OK
+
+
+def cmd_requeue_poison(args: argparse.Namespace, storage: Storage) -> int:
+    if bool(args.ids) == bool(args.all):
+        raise _UsageError("requeue-poison: give request ids or --all (not both)")
+    named = not args.all
+    ids = args.ids if named else [f.id for f in storage.folders() if ERROR in f.records]
+    problems = skipped = requeued = 0
+    for request_id in ids:
+        record = storage.store.read_json(request_id, ERROR)
+        kind = (record or {}).get("error", {}).get("kind") if record else None
+        if kind != ErrorKind.POISONED.value:
+            if named:
+                what = "has no error.json" if record is None else f"has error.json kind {kind!r}"
+                _warn(f"{request_id}: {what}, not a poisoned record; left alone")
+                problems += 1
+            else:
+                skipped += 1
+            continue
+        body = record.get("input") if record else None
+        if not isinstance(body, str) or not body:
+            _warn(f"{request_id}: the poisoned record keeps no input to re-send; left alone")
+            problems += 1
+            continue
+        if args.dry_run:
+            print(
+                f"{request_id}: would re-send {len(body.encode())} bytes to {storage.queue.queue_name}"
+            )
+            continue
+        try:
+            message_id, own_id = _requeue(storage, request_id, record, body)
+        except LockHeld:
+            _warn(f"{request_id}: status.json is leased by a running delivery; left alone")
+            problems += 1
+            continue
+        requeued += 1
+        where = "" if own_id else f"; the body has no id, so it runs as request {message_id}"
+        print(f"{request_id}: re-sent to {storage.queue.queue_name} as message {message_id}{where}")
+    if not named:
+        _warn(f"{requeued} re-sent, {skipped} other error records left alone, {problems} problems")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _requeue(
+    storage: Storage, request_id: str, record: dict[str, Any], body: str
+) -> tuple[str, bool]:
+    """Send the body hidden, clear the records, then reveal it; undo the send if clearing fails.
+
+    Order matters: a delivery that finds error.json is acknowledged without work, and a record
+    deleted before the send succeeded would lose the only copy of the body.
+    """
+    own_id = _has_own_id(body)
+    with contextlib.suppress(ResourceExistsError):
+        storage.queue.create_queue()
+    sent = storage.queue.send_message(body, visibility_timeout=REQUEUE_HIDE_S)
+    try:
+        if own_id:
+            storage.store.write_status(request_id, _queued_status(request_id, record))
+        else:
+            # The run gets a new folder (the message id); this one only held the poison record.
+            storage.store.delete_record(request_id, STATUS)
+        storage.store.delete_record(request_id, ERROR)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            storage.queue.delete_message(sent.id, sent.pop_receipt)
+        raise
+    storage.queue.update_message(sent.id, pop_receipt=sent.pop_receipt, visibility_timeout=0)
+    return sent.id, own_id
+
+
+def _queued_status(request_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """`queued` again, keeping the attempt history (the attempt cap and the report count it)."""
+    images = record.get("images")
+    return status_doc(
+        request_id,
+        Status.QUEUED,
+        updated_at=iso_utc(datetime.now(UTC)),
+        images_done=len(images) if isinstance(images, list) else 0,
+        attempts=attempts_from_status(record),
+        request_hash=record.get("request_hash"),
+        created_at=record.get("created_at"),
+        detail="re-sent by requeue-poison",
+    )
+
+
+def _has_own_id(body: str) -> bool:
+    try:
+        data = decode_body(body)
+    except InvalidMessage:
+        return False
+    return isinstance(data.get("id"), str) and bool(data["id"])
+
+
+# --- output helpers --------------------------------------------------------------------------------
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One request in a few lines: where it stands, its calls, and its images or error."""
+    request_id = record.get("id", "?")
+    status = record.get("status", "unknown")
+    attempts = record.get("attempts") or []
+    images = record.get("images")
+    done = len(images) if isinstance(images, list) else int(record.get("images_done") or 0)
+    head = f"{request_id}: {status}"
+    error = record.get("error")
+    if isinstance(error, dict) and error.get("kind"):
+        head += f" ({error['kind']})"
+    head += f" — {done} image{'s' if done != 1 else ''}, {len(attempts)} call{'s' if len(attempts) != 1 else ''}"
+    stamp = record.get("completed_at") or record.get("updated_at")
+    if stamp:
+        head += f", {'completed' if status in FINISHED else 'updated'} {stamp}"
+    lines = [head]
+    if attempts:
+        last = attempts[-1]
+        apim = last.get("apim_request_id")
+        lines.append(
+            f"  last call: {last.get('outcome')} on {last.get('deployment')}"
+            + (f", HTTP {last['http_status']}" if last.get("http_status") else "")
+            + (f", apim-request-id {apim}" if apim else "")
+        )
+    if isinstance(error, dict) and error.get("message"):
+        lines.append(f"  error: {_one_line(str(error['message']))}")
+    elif record.get("detail"):
+        lines.append(f"  detail: {_one_line(str(record['detail']))}")
+    for image in images if isinstance(images, list) else ():
+        lines.append(
+            f"  image {image.get('index')}: {image.get('blob')} "
+            f"({image.get('width')}x{image.get('height')}, {image.get('bytes')} bytes)"
+        )
+    return "\n".join(lines)
+
+
+def _since(folders: list[Folder], since: timedelta | None) -> list[Folder]:
+    if since is None:
+        return folders
+    cutoff = datetime.now(UTC) - since
+    return [f for f in folders if f.updated >= cutoff]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _clock() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%SZ")
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _UsageError(Exception):
+    """A combination of options argparse cannot check by itself."""
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker, reason in (
+        ("refused", "connection refused"),
+        ("timed out", "connection timed out"),
+        ("Name or service not known", "host name not found"),
+        ("nodename nor servname", "host name not found"),
+        ("getaddrinfo failed", "host name not found"),
+    ):
+        if marker in text:
+            return reason
+    return _one_line(text, 160)
+
+
+# --- parser and entry point ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.cli",
+        description="Submit image requests, follow them, and report failures for support.",
+        epilog="Exit codes: 0 done, 1 a request failed, 2 usage or settings, 3 storage unreachable.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="validate and enqueue one request; print its id")
+    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--id")
+    submit.add_argument("--operation", help="generate (default) or edit")
+    submit.add_argument("--size", help="auto or WxH, e.g. 2048x2048")
+    submit.add_argument("--quality", help="low, medium, high, auto")
+    submit.add_argument("-n", "--n", type=int)
+    submit.add_argument("--output-format", help="png or jpeg")
+    submit.add_argument("--output-compression", type=int)
+    submit.add_argument("--background", help="auto, opaque, transparent")
+    submit.add_argument("--moderation", help="auto or low")
+    submit.add_argument("--partial-images", type=int)
+    submit.add_argument("--save-partials", action=argparse.BooleanOptionalAction, default=None)
+    submit.add_argument(
+        "--input-image", action="append", metavar="CONTAINER/NAME", help="repeatable (edit)"
+    )
+    submit.add_argument("--mask", metavar="CONTAINER/NAME.png")
+    submit.add_argument("--input-fidelity", help="low or high (edit)")
+    submit.add_argument("--user")
+    submit.add_argument(
+        "--metadata", action="append", type=parse_metadata, metavar="KEY=VALUE", help="repeatable"
+    )
+    submit.add_argument("--wait", action="store_true", help="show progress until it finishes")
+    submit.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
+    submit.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
+    submit.add_argument("--out", metavar="DIR", help="download the results here (implies --wait)")
+    submit.set_defaults(run=cmd_submit)
+
+    status = commands.add_parser("status", help="where a request stands")
+    status.add_argument("id")
+    status.add_argument("--json", action="store_true", help="the record itself, pretty-printed")
+    status.set_defaults(run=cmd_status)
+
+    fetch = commands.add_parser("fetch", help="download a request's images and records")
+    fetch.add_argument("id")
+    fetch.add_argument("dir")
+    fetch.set_defaults(run=cmd_fetch)
+
+    listing = commands.add_parser("list", help="requests, newest first")
+    listing.add_argument("--status", choices=[s.value for s in Status] + ["unknown"])
+    listing.add_argument("--since", type=parse_since, help="e.g. 30m, 24h, 7d")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=cmd_list)
+
+    report = commands.add_parser("report", help="failed calls by deployment and error, for support")
+    report.add_argument("--since", type=parse_since, default=timedelta(hours=24))
+    report.add_argument("--region", help="the resource's region, for the ticket header")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=cmd_report)
+
+    requeue = commands.add_parser("requeue-poison", help="re-send poisoned requests")
+    requeue.add_argument("ids", nargs="*", metavar="ID")
+    requeue.add_argument("--all", action="store_true", help="every poisoned record")
+    requeue.add_argument("--dry-run", action="store_true", help="say what would be re-sent")
+    requeue.set_defaults(run=cmd_requeue_poison)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        env = operator_env(os.environ if environ is None else environ, cwd or Path.cwd())
+        storage = Storage(operator_settings(env))
+    except SettingsError as exc:
+        _warn(f"settings: {exc}")
+        return EXIT_USAGE
+    run: Command = args.run
+    try:
+        return run(args, storage)
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        _warn(f"error: {exc}")
+        return EXIT_USAGE
+    except ClientAuthenticationError as exc:
+        _warn(f"storage at {storage.endpoint} refused the credentials: {_first_line(exc)}")
+        return EXIT_USAGE
+    except (ServiceRequestError, ServiceResponseError, ConnectionError) as exc:
+        _warn(f"storage unreachable at {storage.endpoint}: {_unreachable_reason(exc)}")
+        return EXIT_UNREACHABLE
+    except HttpResponseError as exc:
+        _warn(f"storage error at {storage.endpoint}: {_first_line(exc)}")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _first_line(exc: BaseException) -> str:
+    return _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
