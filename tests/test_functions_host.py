@@ -324,11 +324,12 @@ def test_async_functions_run_concurrently_up_to_the_batch_limit(
     ids = [queue.send_message(f"item {i}").id for i in range(5)]
     # Batches of 2, the next once one is left: 3 at once, although the pool has one thread.
     wait_until(lambda: "at capacity: 2 in flight" in log_of(host), 20, what="first batch")
-    started = [name.removeprefix("started-") for name in harness.files("started-")]
-    assert len(started) == 2
-    (harness.probe / f"release-{started[0]}").write_text("")
+    wait_until(lambda: len(harness.files("started-")) == 2, 10, what="two started")
+    first = harness.files("started-")[0].removeprefix("started-")
+    (harness.probe / f"release-{first}").write_text("")
     wait_until(lambda: "at capacity: 3 in flight" in log_of(host), 10, what="second batch")
-    assert len(harness.files("started-")) == 4
+    wait_until(lambda: len(harness.files("started-")) == 4, 10, what="four started")
+    assert len(harness.files("done-")) == 1
     harness.release()
     wait_until(lambda: len(harness.files("done-")) == 5, 20, what="all done")
     wait_until(lambda: count(queue) == 0, 10, what="an empty queue")

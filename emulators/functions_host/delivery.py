@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from emulators.functions_host.app_loader import QueueFunction
@@ -136,7 +136,9 @@ class LeaseKeeper:
             except AzureError as error:
                 # 404/400: the message is gone or another receiver holds it; anything else is
                 # transient and retried on the next tick, well before the lease lapses.
-                if isinstance(error, HttpResponseError) and error.status_code in (400, 404):
+                if isinstance(error, ResourceNotFoundError) or (
+                    isinstance(error, HttpResponseError) and error.status_code in (400, 404)
+                ):
                     delivery.lease_lost = True
                 log.warning(
                     "Could not renew the lease of message %s on '%s': %s",
