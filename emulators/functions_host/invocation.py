@@ -154,5 +154,6 @@ def log_executed(
         duration_ms,
         type(error).__name__,
         error,
-        exc_info=(type(error), error, error.__traceback__),
+        # A timeout was never raised: it has no traceback worth printing.
+        exc_info=(type(error), error, error.__traceback__) if error.__traceback__ else None,
     )
