@@ -105,9 +105,14 @@ def _reset_text(emulated_s: float, scale: float) -> str:
     return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
 
 
-def _headers(decision: Decision, scale: float) -> dict[str, str]:
+def request_ids() -> dict[str, str]:
+    """Fresh ids and the region: what the gateway puts on every answer."""
     ids = {"apim-request-id": str(uuid.uuid4()), "x-request-id": str(uuid.uuid4())}
-    return ids | {"x-ms-region": events.REGION} | _ratelimit_headers(decision, scale)
+    return ids | {"x-ms-region": events.REGION}
+
+
+def _headers(decision: Decision, scale: float) -> dict[str, str]:
+    return request_ids() | _ratelimit_headers(decision, scale)
 
 
 def _ratelimit_headers(decision: Decision, scale: float) -> dict[str, str]:

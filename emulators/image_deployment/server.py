@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import admin, events
-from .api import Incoming, State, route
+from .api import Incoming, State, request_ids, route
 from .delivery import ClientGone, Sender, deliver
 
 log = logging.getLogger("emulator")
@@ -58,13 +58,17 @@ class Handler(BaseHTTPRequestHandler):
             raise ValueError("body too large")
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self._start(
-            status,
-            (headers or {})
-            | {"Content-Type": "application/json", "Content-Length": str(len(data))},
-        )
+    def _send_json(
+        self,
+        status: int,
+        body: Any,
+        *,
+        newline: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode() + (b"\n" if newline else b"")
+        length = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        self._start(status, (headers or {}) | length)
         self.wfile.write(data)
         self.wfile.flush()
 
@@ -86,11 +90,11 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if url.path.startswith("/_emulator/"):
             status, reply = admin.handle(state, method, url.path, body)
-            self._send_json(status, reply)
+            self._send_json(status, reply, newline=True)  # ends the line in a terminal
             return
         match = _API.match(url.path)
         if not match or method != "POST":
-            self._send_json(404, events.resource_not_found())
+            self._send_json(404, events.resource_not_found(), headers=request_ids())
             return
         incoming = Incoming(match[1], match[2], parse_qs(url.query), self.headers, body)
         routed = route(state, incoming)
