@@ -1,0 +1,155 @@
+"""Helpers every benchmark needs: peak memory, children under a time limit, tables, the machine.
+
+Each measured thing runs in a fresh child process, so one row's garbage, allocator state or imports
+never change the next row's peak RSS, and a hopeless peer can be killed at its time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+# The child's result is the last stdout line that starts with this, so stray prints cannot break it.
+RESULT_PREFIX = "BENCH-RESULT "
+
+__all__ = [
+    "MIB",
+    "REPO_ROOT",
+    "ChildFailed",
+    "ChildOutcome",
+    "ChildResult",
+    "ChildTimedOut",
+    "cpu_seconds",
+    "current_rss_kib",
+    "emit_result",
+    "format_table",
+    "machine_summary",
+    "peak_rss_kib",
+    "run_child",
+]
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size so far, in KiB.
+
+    `ru_maxrss` survives execve: Linux folds the high-water mark of the memory the child was forked
+    from into it, so a child started by a parent holding a 128 MiB stream body reports at least the
+    parent's peak. VmHWM is the high-water mark of this program's own address space, so it is read
+    first; `ru_maxrss` is the fallback where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def current_rss_kib() -> int:
+    """Resident memory now, in KiB: a baseline that a transient peak during imports does not lift."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_kib()
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process: less disturbed by other load than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def emit_result(payload: dict[str, Any]) -> None:
+    """Called in the child: hand the result to the parent on stdout."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    payload: dict[str, Any]
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChildTimedOut:
+    limit_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    returncode: int
+    stderr_tail: str
+
+
+ChildOutcome = ChildResult | ChildTimedOut | ChildFailed
+
+
+def run_child(args: Sequence[str], limit_s: float) -> ChildOutcome:
+    """Run `python -m ...args` from the repo root; kill it (and only it) when `limit_s` passes."""
+    command = [sys.executable, "-m", *args]
+    start = time.monotonic()
+    # Popen + communicate(timeout) rather than run(): run() would also kill, but we want the
+    # outcome as a value, not an exception, and the child's stderr when it fails.
+    with subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return ChildTimedOut(limit_s)
+    wall_s = time.monotonic() - start
+    lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.startswith(RESULT_PREFIX)]
+    if child.returncode != 0 or not lines:
+        tail = "\n".join(err.decode(errors="replace").splitlines()[-15:])
+        return ChildFailed(child.returncode, tail)
+    return ChildResult(json.loads(lines[-1][len(RESULT_PREFIX) :]), wall_s)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table, so the printed output can be pasted into BENCHMARKS.md."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def machine_summary() -> str:
+    """nproc, CPU model and Python: what a reader needs to weigh the numbers."""
+    model = "unknown CPU"
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                model = text.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{len(os.sched_getaffinity(0))} CPUs ({model}), Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )
