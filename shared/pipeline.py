@@ -10,12 +10,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from shared.attempts import AttemptRecord, Outcome, iso_utc
-from shared.contract import GenerationRequest, InvalidMessage, decode_body, parse_message
+from shared.contract import (
+    ID_PATTERN,
+    GenerationRequest,
+    InvalidMessage,
+    decode_body,
+    parse_message,
+)
 from shared.image_api import ImageCall, InputFile
 from shared.ratelimit import parse_reset_duration
 from shared.records import (
@@ -151,7 +158,7 @@ def _has_own_id(body: bytes | str) -> bool:
 
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:
     """No retry can fix a message that breaks the contract: record why and acknowledge it."""
-    record_id = _valid_own_id(body, rt) or message_id
+    record_id = _valid_own_id(body) or message_id
     now = iso_utc(rt.now())
     doc = error_doc(
         record_id,
@@ -172,21 +179,15 @@ def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt:
     return Result.REJECTED
 
 
-def _valid_own_id(body: bytes | str, rt: Runtime) -> str | None:
+def _valid_own_id(body: bytes | str) -> str | None:
     """The message's own id if it is a valid id, so a producer finds the rejection where it looks."""
     try:
-        data = decode_body(body)
-        candidate = data.get("id")
-        if not isinstance(candidate, str):
-            return None
-        parse_message(
-            GenerationRequest(id=candidate, prompt="x").to_message(),
-            message_id=candidate,
-            input_containers=rt.settings.input_containers,
-        )
-    except (InvalidMessage, ValueError):
+        candidate = decode_body(body).get("id")
+    except InvalidMessage:
         return None
-    return candidate
+    if isinstance(candidate, str) and re.fullmatch(ID_PATTERN, candidate):
+        return candidate
+    return None
 
 
 @dataclass

@@ -94,12 +94,14 @@ def test_mid_stream_server_error_is_retried_and_both_attempts_recorded(
 
 def test_rate_limited_call_waits_out_retry_after_ms(product: Product, emulator: Emulator) -> None:
     text = prompt("busy")
-    emulator.script({"outcome": "rate_limited", "retry_after_ms": 1500, "prompt_contains": text})
+    # Emulated time: 150 s at the x0.01 clock is a retry-after-ms of 1500 on the wire.
+    emulator.script({"outcome": "rate_limited", "retry_after_ms": 150_000, "prompt_contains": text})
     rid = product.client.submit({"prompt": text, "size": "1024x1024", "quality": "low"})
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
     first, second = attempts(manifest)
     assert first["outcome"] == "rate_limited" and first["http_status"] == 429
+    assert first["retry_after_s"] == pytest.approx(1.5)
     waited = _seconds_between(first["started_at"], second["started_at"]) - first["elapsed_s"]
     assert waited >= 1.5 - 0.05, f"waited only {waited:.3f}s of the 1.5 s asked"
 

@@ -77,7 +77,7 @@ def build_host(args: argparse.Namespace) -> Host:
         raise HostStartupError(f"--app-dir {app_dir} is not a folder")
     settings = load_settings(app_dir, dict(os.environ))
     export_to_environ(settings, os.environ)  # the app reads its settings from the environment
-    config = load_host_config(app_dir)
+    config = load_host_config(app_dir, settings.values)
     options = HostOptions(lease_s=lease_seconds(args), thread_count=thread_count(settings))
     os.chdir(app_dir)  # the worker runs with the app folder as its working directory
     return Host(load_app(app_dir, settings), config, settings, options)

@@ -105,15 +105,44 @@ def parse_host_config(document: Mapping[str, Any]) -> HostConfig:
     return HostConfig(queues, parse_timespan(timeout, "functionTimeout"), timeout.strip())
 
 
-def load_host_config(app_dir: Path) -> HostConfig:
-    """host.json of the app, or all defaults when there is none."""
+OVERRIDE_PREFIX = "azurefunctionsjobhost__"
+
+
+def apply_overrides(document: Mapping[str, Any], settings: Mapping[str, str]) -> dict[str, Any]:
+    """host.json with `AzureFunctionsJobHost__a__b` app settings laid over it, as the host does.
+
+    Azure reads these from app settings (e.g. `AzureFunctionsJobHost__extensions__queues__batchSize`),
+    which is how one deployment tunes host.json without a new build. Whole-number values become
+    integers, so they bind like the JSON numbers of host.json.
+    """
+    merged: dict[str, Any] = json.loads(json.dumps(document))
+    for name, value in settings.items():
+        if not name.lower().startswith(OVERRIDE_PREFIX):
+            continue
+        path = [part for part in name[len(OVERRIDE_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = merged
+        for part in path[:-1]:
+            key = next((k for k in node if k.lower() == part.lower()), part)
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        leaf = next((k for k in node if k.lower() == path[-1].lower()), path[-1])
+        node[leaf] = int(value) if value.strip().lstrip("-").isdigit() else value
+    return merged
+
+
+def load_host_config(app_dir: Path, settings: Mapping[str, str] | None = None) -> HostConfig:
+    """host.json of the app (defaults when there is none), with app-setting overrides applied."""
     path = app_dir / HOST_FILE
-    if not path.exists():
-        return HostConfig()
-    try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as error:
-        raise HostStartupError(f"{path}: not readable JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise HostStartupError(f"{path}: expected a JSON object")
-    return parse_host_config(document)
+    document: Any = {}
+    if path.exists():
+        try:
+            document = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as error:
+            raise HostStartupError(f"{path}: not readable JSON ({error})") from None
+        if not isinstance(document, dict):
+            raise HostStartupError(f"{path}: expected a JSON object")
+    return parse_host_config(apply_overrides(document, settings or {}))
