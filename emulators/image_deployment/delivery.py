@@ -36,8 +36,10 @@ class Sender:
         wfile: BinaryIO,
         connection: socket.socket,
         start: Callable[[int, dict[str, str]], None],
+        record: Callable[[Sender, str], None],
     ) -> None:
         self.wfile, self.connection, self._start = wfile, connection, start
+        self._record = record
         self.status: int | None = None  # once the status line is out
         self.partials = 0
 
@@ -47,6 +49,11 @@ class Sender:
             self._start(status, headers)
         except OSError as error:
             raise ClientGone from error
+
+    def outcome(self, outcome: str) -> None:
+        """Record the outcome before the last bytes go out, so a client that reads the request log
+        as soon as its response ends finds it there."""
+        self._record(self, outcome)
 
     def write(self, data: bytes) -> None:
         try:
@@ -127,6 +134,7 @@ def _answer(state: State, routed: Routed, answer: Answer, sender: Sender) -> str
     body = json_bytes(answer.body)
     headers |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
     sender.start(answer.status, headers)
+    sender.outcome(answer.outcome)
     sender.write(body)
     return answer.outcome
 
@@ -148,6 +156,7 @@ def _json(
         "Content-Length": str(len(body)),
     }
     sender.start(status, headers)
+    sender.outcome(plan.outcome)
     if step.kind is StepKind.DROP:
         sender.write(body[: len(body) // 2])
         sender.hang_up()
@@ -171,6 +180,8 @@ def _stream(
             }
             sender.start(200, headers)
             started = True
+        if step is plan.steps[-1]:
+            sender.outcome(plan.outcome)
         if step.kind is StepKind.DROP:
             sender.cut(frame)
             return plan.outcome

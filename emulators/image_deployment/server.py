@@ -98,17 +98,21 @@ class Handler(BaseHTTPRequestHandler):
             return
         incoming = Incoming(match[1], match[2], parse_qs(url.query), self.headers, body)
         routed = route(state, incoming)
-        sender = Sender(self.wfile, self.connection, self._start)
+
+        def record(sender: Sender, outcome: str) -> None:
+            state.log.update(
+                routed.log_key, status=sender.status, outcome=outcome, partials_sent=sender.partials
+            )
+
+        sender = Sender(self.wfile, self.connection, self._start, record)
         try:
             outcome = deliver(state, routed, sender)
         except ClientGone:
             outcome = "client_closed"
+            record(sender, outcome)
         # After a drop, an error frame or a gone client the service hangs up.
         if outcome in ("client_closed", "dropped", "server_error"):
             self.close_connection = True
-        state.log.update(
-            routed.log_key, status=sender.status, outcome=outcome, partials_sent=sender.partials
-        )
 
     def do_GET(self) -> None:
         self._handle("GET")
