@@ -10,15 +10,13 @@ import threading
 from types import FrameType
 
 from .api import State
-from .config import ConfigError, load
+from .config import ConfigError, load, parser
 from .server import EmulatorServer
 
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        from .config import _parser
-
-        _parser().print_help()
+        parser().print_help()
         return 0
     try:
         config = load(argv, os.environ)

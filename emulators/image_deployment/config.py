@@ -157,7 +157,7 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m emulators.image_deployment",
         description="Emulate an Azure OpenAI gpt-image deployment behind its 60 s gateway.",
@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Flags win over EMULATOR_* variables, which win over defaults."""
-    args = vars(_parser().parse_args(list(argv)))
+    args = vars(parser().parse_args(list(argv)))
     raw: dict[str, Any] = {}
     for name in (*_SCALARS, "deployment"):
         env_value = env.get("EMULATOR_" + name.upper())
