@@ -47,6 +47,7 @@ from shared.reporting import (
     format_report,
     request_folders,
 )
+from shared.retry import Category, classify
 from shared.settings import DEFAULT_API_VERSION, SettingsError, StorageConfig, _Reader
 from shared.store import LockHeld, RequestStore, StoreError
 
@@ -420,14 +421,20 @@ def _requeue(
 
 
 def _queued_status(request_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """`queued` again, keeping the attempt history (the attempt cap and the report count it)."""
+    """`queued` again, keeping the attempt history except the configuration errors.
+
+    Billable attempts stay (the cap and the report count them). 401/403/404 attempts go: they
+    are what the operator just fixed, and the retry policy fails an image whose last attempt was
+    one without calling again, so keeping them would poison the request a second time.
+    """
     images = record.get("images")
+    history = [a for a in attempts_from_status(record) if classify(a) is not Category.CONFIGURATION]
     return status_doc(
         request_id,
         Status.QUEUED,
         updated_at=iso_utc(datetime.now(UTC)),
         images_done=len(images) if isinstance(images, list) else 0,
-        attempts=attempts_from_status(record),
+        attempts=history,
         request_hash=record.get("request_hash"),
         created_at=record.get("created_at"),
         detail="re-sent by requeue-poison",
@@ -620,6 +627,9 @@ def main(
         _warn(f"storage unreachable at {storage.endpoint}: {_unreachable_reason(exc)}")
         return EXIT_UNREACHABLE
     except HttpResponseError as exc:
+        if exc.status_code in (401, 403):  # a wrong account key or a missing role: settings
+            _warn(f"storage at {storage.endpoint} refused the credentials: {_first_line(exc)}")
+            return EXIT_USAGE
         _warn(f"storage error at {storage.endpoint}: {_first_line(exc)}")
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:

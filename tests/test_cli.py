@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,8 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
+from conftest import Emulator
+from product_stack import Product, start_product
 
 from devtools import azurite
 from devtools.services import REPO_ROOT, free_port, wait_until
@@ -433,7 +436,10 @@ def test_report_groups_failures_and_lists_every_apim_request_id(stage: Stage) ->
 
 def test_requeue_poison_resends_the_body_and_clears_the_record(stage: Stage) -> None:
     body = json.dumps({"id": "p-1", "prompt": "an apple", "size": "2048x2048"})
-    history = [attempt(1, "auth_error", None, http_status=401)]
+    history = [
+        attempt(1, "server_error", "apim-1", error=CRASH),
+        attempt(2, "auth_error", "apim-2", http_status=401),
+    ]
     stage.put("p-1", "status.json", status_json("p-1", "failed", history))
     stage.put("p-1", "error.json", error_json("p-1", "poisoned", history, input_text=body))
     stage.put("other", "error.json", error_json("other", "retries_exhausted", []))
@@ -453,7 +459,8 @@ def test_requeue_poison_resends_the_body_and_clears_the_record(stage: Stage) -> 
     assert (
         status["request_hash"] == "h-p-1"
     )  # so the pipeline takes the re-sent body as the same request
-    assert [a["outcome"] for a in status["attempts"]] == ["auth_error"]
+    # The billable attempt stays; the 401 (what the operator fixed) would fail the rerun at once.
+    assert [a["outcome"] for a in status["attempts"]] == ["server_error"]
     assert stage.get("other", "error.json") is not None
 
 
@@ -495,6 +502,16 @@ def test_missing_or_bad_settings_exit_2_naming_the_setting(
     env = {"AzureWebJobsStorage": azurite_connection_string, "IMAGES_CONTAINER": "Bad_Name"}
     assert main(["list"], environ=env, cwd=tmp_path) == 2
     assert "IMAGES_CONTAINER: 'Bad_Name' is not a valid" in capsys.readouterr().err
+
+
+def test_a_wrong_account_key_is_a_settings_error(
+    azurite_connection_string: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = azurite_connection_string.replace(azurite.ACCOUNT_KEY, "d3Jvbmcga2V5")
+    assert main(["list"], environ={"AzureWebJobsStorage": wrong}, cwd=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "/devstoreaccount1 refused the credentials" in err
+    assert "d3Jvbmcga2V5" not in err and len(err.splitlines()) == 1
 
 
 def test_local_settings_json_is_read_under_the_environment(stage: Stage) -> None:
@@ -553,3 +570,78 @@ def test_durations_and_metadata_parse() -> None:
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"], environ={}) == 0
     assert "requeue-poison" in capsys.readouterr().out
+
+
+# --- end to end: the host stand-in and the emulator -------------------------------------------------
+
+
+def product_env(product: Product) -> dict[str, str]:
+    """What an operator's shell has: the storage settings only, no AZURE_OPENAI_*."""
+    return {
+        name: product.settings[name]
+        for name in ("AzureWebJobsStorage", "IMAGE_REQUESTS_QUEUE", "IMAGES_CONTAINER")
+    }
+
+
+@pytest.mark.slow
+def test_submit_wait_progress_out_and_report_through_the_host(
+    product: Product, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = f"cli crash {uuid.uuid4().hex[:8]}"
+    emulator.script({"outcome": "server_error", "after_partials": 1, "prompt_contains": text})
+    env, out_dir = product_env(product), tmp_path / "out"
+    argv = ["submit", "--prompt", text, "--size", "1024x1024", "--quality", "low",
+            "--out", str(out_dir), "--poll", "0.1", "--timeout", "60"]  # fmt: skip
+    code = main(argv, environ=env, cwd=tmp_path)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + product.host.log_tail(40)
+    request_id = captured.out.splitlines()[0]
+    assert f"{request_id}: succeeded — 1 image, 2 calls" in captured.out
+    assert f"{request_id}: queued" in captured.err or f"{request_id}: running" in captured.err
+    assert (out_dir / "0.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out_dir / "manifest.json").read_text())["id"] == request_id
+
+    failed_call = next(r for r in emulator.requests_log() if text in str(r["body"].get("prompt")))
+    assert main(["report", "--since", "30m"], environ=env, cwd=tmp_path) == 0
+    report = capsys.readouterr().out
+    assert f"apim-request-id: {failed_call['apim_request_id']}" in report
+    assert "server_error (code: none, HTTP 200) — 1 attempt" in report
+    assert "1 succeeded on retry" in report
+
+
+@pytest.mark.slow
+def test_requeue_poison_brings_a_request_to_success_after_the_key_is_fixed(
+    product_factory: Callable[..., Product],
+    emulator: Emulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    locked_out = product_factory(api_key="wrong-key")
+    env = product_env(locked_out)
+    argv = ["submit", "--prompt", f"cli locked out {uuid.uuid4().hex[:8]}", "--quality", "low"]
+    assert main(argv, environ=env, cwd=tmp_path) == 0
+    request_id = capsys.readouterr().out.strip()
+    poisoned = locked_out.wait_record(request_id, "error.json", timeout=90)
+    assert poisoned["error"]["kind"] == "poisoned"
+    locked_out.host.stop()
+    # start_product creates the queue and refuses an existing one; its messages are all handled.
+    locked_out.queue.delete_queue()
+    fixed = start_product(
+        connection_string=env["AzureWebJobsStorage"],
+        emulator_url=emulator.base_url,
+        api_key=emulator.api_key,
+        deployment=emulator.deployment,
+        queue_name=env["IMAGE_REQUESTS_QUEUE"],
+        container_name=env["IMAGES_CONTAINER"],
+        log_path=tmp_path / "fixed-host.log",
+    )
+    try:
+        assert main(["requeue-poison", request_id], environ=env, cwd=tmp_path) == 0
+        assert capsys.readouterr().out.startswith(f"{request_id}: re-sent to ")
+        manifest = fixed.wait_record(request_id, "manifest.json", timeout=60)
+        assert manifest["status"] == "succeeded"
+        assert [a["outcome"] for a in manifest["attempts"]][-1] == "succeeded"
+        assert main(["status", request_id], environ=env, cwd=tmp_path) == 0
+        assert fixed.read_json(request_id, "error.json") is None
+    finally:
+        fixed.host.stop()
