@@ -360,7 +360,8 @@ def cmd_requeue_poison(args: argparse.Namespace, storage: Storage) -> int:
     problems = skipped = requeued = 0
     for request_id in ids:
         record = storage.store.read_json(request_id, ERROR)
-        kind = (record or {}).get("error", {}).get("kind") if record else None
+        error = record.get("error") if record else None
+        kind = error.get("kind") if isinstance(error, dict) else None
         if kind != ErrorKind.POISONED.value:
             if named:
                 what = "has no error.json" if record is None else f"has error.json kind {kind!r}"
@@ -632,6 +633,9 @@ def main(
             return EXIT_USAGE
         _warn(f"storage error at {storage.endpoint}: {_first_line(exc)}")
         return EXIT_UNREACHABLE
+    except (StoreError, json.JSONDecodeError) as exc:
+        _warn(f"unreadable record: {_first_line(exc)}")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

@@ -336,6 +336,11 @@ def test_status_summary_json_and_exit_codes(stage: Stage) -> None:
     assert "run-1: failed (retries_exhausted)" in failed.out
     assert "error: retries_exhausted happened" in failed.out
 
+    stage.put("torn", "status.json", b"{not json")
+    torn = stage.cli("status", "torn")
+    assert torn.code == 1 and torn.err.startswith("unreadable record: ")
+    assert "Traceback" not in torn.err
+
     unknown = stage.cli("status", "nope")
     assert unknown.code == 1 and "no request 'nope'" in unknown.err
 
