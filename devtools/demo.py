@@ -17,7 +17,7 @@ import requests
 
 from devtools.services import REPO_ROOT
 from devtools.stack import local_stack
-from shared.client import ImageRequestClient, RequestTimeout
+from shared.client import ImageRequestClient
 
 PROMPT_JPEG = "a lighthouse at dusk, watercolour"
 
@@ -81,30 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         run = uuid.uuid4().hex[:6]
         ids = [client.submit(r) for r in demo_requests(run)]
         print("enqueued: " + ", ".join(ids))
-        results: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + args.timeout
-        for request_id in ids:
-
-            def progress(status: dict[str, Any], request_id: str = request_id) -> None:
-                attempts = status.get("attempts", [])
-                last = attempts[-1] if attempts else {}
-                print(
-                    f"[{time.monotonic() - started:6.1f}s] {request_id}: {status.get('status')}"
-                    f", images {status.get('images_done', 0)}, attempts {len(attempts)}"
-                    + (
-                        f", last {last.get('outcome')} ({last.get('partials_received', 0)} partials)"
-                        if last
-                        else ""
-                    )
-                )
-
-            try:
-                results[request_id] = client.wait(
-                    request_id, timeout=max(1.0, deadline - time.monotonic()), on_progress=progress
-                )
-            except RequestTimeout as exc:
-                print(f"{exc}", file=sys.stderr)
-                results[request_id] = {"status": "timed out", "attempts": []}
+        results = watch(client, ids, timeout=args.timeout, started=started)
         for request_id in ids:
             client.fetch(request_id, REPO_ROOT / "out" / request_id)
     print()
@@ -115,6 +92,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not succeeded: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def watch(
+    client: ImageRequestClient, ids: list[str], *, timeout: float, started: float
+) -> dict[str, dict[str, Any]]:
+    """Poll every request until each has a terminal record; print a line whenever one changes."""
+    results: dict[str, dict[str, Any]] = {}
+    seen: dict[str, tuple[Any, ...]] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < len(ids) and time.monotonic() < deadline:
+        for request_id in ids:
+            if request_id in results:
+                continue
+            record = client.status(request_id) or {"status": "unknown"}
+            attempts = record.get("attempts", [])
+            last = attempts[-1] if attempts else {}
+            marker = (record.get("status"), record.get("images_done"), len(attempts))
+            if marker != seen.get(request_id):
+                seen[request_id] = marker
+                print(
+                    f"[{time.monotonic() - started:6.1f}s] {request_id}: {record.get('status')}"
+                    + (f", attempt {len(attempts)}: {last.get('outcome')}" if last else "")
+                    + (f" after {last.get('partials_received', 0)} partial(s)" if last else "")
+                )
+            if "schema" in record:  # manifest.json or error.json: finished
+                results[request_id] = record
+        time.sleep(0.5)
+    for request_id in ids:
+        if request_id not in results:
+            print(f"{request_id} did not finish within {timeout:.0f}s", file=sys.stderr)
+            results[request_id] = {"status": "timed out", "attempts": []}
+    return results
 
 
 def table(ids: list[str], results: dict[str, dict[str, Any]]) -> str:

@@ -211,7 +211,8 @@ class _Job:
         try:
             lock = self.rt.store.lock(self.id, self.rt.settings.lock_lease_s)
         except LockHeld:
-            delay = self.rt.settings.lock_lease_s
+            # The holder renews every third of the lease; look again about when it would have lapsed.
+            delay = max(1, self.rt.settings.lock_lease_s // 3)
             log.info("request %s is being worked on elsewhere; re-enqueued in %ss", self.id, delay)
             self._send_continuation(delay)
             return Result.REQUEUED
