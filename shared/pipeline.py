@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.attempts import AttemptRecord, Outcome, iso_utc
+from shared.attempts import AttemptRecord, iso_utc
 from shared.contract import (
     ID_PATTERN,
     GenerationRequest,
@@ -24,7 +24,6 @@ from shared.contract import (
     parse_message,
 )
 from shared.image_api import ImageCall, InputFile
-from shared.ratelimit import parse_reset_duration
 from shared.records import (
     ErrorKind,
     Status,
@@ -35,13 +34,15 @@ from shared.records import (
     status_doc,
 )
 from shared.retry import FailInvocation, GiveUp, Requeue, RetryNow, Succeeded
+from shared.router import NoneUsable, Use, WaitFor
 from shared.runtime import Runtime
-from shared.settings import DeploymentConfig
 from shared.store import ImageInfo, InputNotFound, LockHeld, RequestLock
 
 log = logging.getLogger("imagegen.pipeline")
 
 PROMPT_LOG_CHARS = 80
+# WaitFor(0) means another thread took the slot a moment ago: ask again, but do not spin.
+MIN_PICK_PAUSE_S = 0.02
 INPUT_CONTENT_TYPES = {
     "png": "image/png",
     "jpg": "image/jpeg",
@@ -190,6 +191,9 @@ def _valid_own_id(body: bytes | str) -> str | None:
     return None
 
 
+_Inputs = tuple[tuple[InputFile, ...], InputFile | None]  # edit: the images and the mask
+
+
 @dataclass
 class _Job:
     request: GenerationRequest
@@ -297,7 +301,7 @@ class _Job:
                 return result
         return self._succeed()
 
-    def _load_inputs(self) -> tuple[tuple[InputFile, ...], InputFile | None]:
+    def _load_inputs(self) -> _Inputs:
         if self.request.operation != "edit":
             return (), None
         images = tuple(self._input_file(path) for path in self.request.input_images or ())
@@ -309,71 +313,66 @@ class _Job:
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else "png"
         return InputFile(name, data, INPUT_CONTENT_TYPES.get(ext, "application/octet-stream"))
 
-    def _generate(
-        self, index: int, inputs: tuple[tuple[InputFile, ...], InputFile | None]
-    ) -> Result | None:
+    def _generate(self, index: int, inputs: _Inputs) -> Result | None:
         """Attempt image `index` until it exists, or return how this delivery ends."""
-        policy = self.rt.policy
         while True:
             history = [a for a in self.attempts if a.image_index == index]
-            decision = policy.decide(history, self.rt.rng)
-            match decision:
+            match self.rt.policy.decide(history, self.rt.rng):
                 case Succeeded() if index in self.images:
                     return None
-                case Succeeded() | RetryNow():
-                    wait = decision.delay_s if isinstance(decision, RetryNow) else 0.0
-                    if wait > 0:
-                        self._write_status(Status.RETRYING)
-                        self.rt.sleep(wait)
-                case Requeue(delay_s=delay):
-                    self._write_status(Status.RETRYING)
-                    self._send_continuation(delay)
-                    log.info(
-                        "request %s image %d: retry in %.1fs by a continuation message",
-                        self.id,
-                        index,
-                        delay,
-                    )
-                    return Result.REQUEUED
                 case GiveUp(kind=kind, message=message):
                     return self._fail(Status.FAILED, ErrorKind(kind), message)
-                case FailInvocation(message=message):
+                case RetryNow(delay_s=wait) | Requeue(delay_s=wait):
+                    pass
+                case Succeeded() | FailInvocation():
+                    # A configuration error from an earlier delivery (or process) is not final:
+                    # the router knows whether the deployment is still out of rotation.
+                    wait = 0.0
+            choice = self._failover(history) if wait > 0 else None
+            if choice is None:
+                if wait > self.rt.settings.inline_wait_max_s:
+                    return self._continue_later(wait, f"image {index} retries in {wait:.1f}s")
+                if wait > 0:
+                    self._write_status(Status.RETRYING)
+                    self.rt.sleep(wait)
+                picked = self._pick()
+                if isinstance(picked, Result):
+                    return picked
+                choice = picked
+            self._attempt(index, choice, history, inputs)
+
+    def _failover(self, history: list[AttemptRecord]) -> Use | None:
+        """A retry goes at once to another usable deployment; backoff only when there is none."""
+        last = history[-1] if history else None
+        if last is None or last.succeeded or len(self.rt.router.deployments) < 2:
+            return None
+        choice = self.rt.router.pick(self.rt.monotonic(), exclude={last.deployment})
+        return choice if isinstance(choice, Use) else None
+
+    def _pick(self) -> Use | Result:
+        """A deployment with budget now; short waits inline, long ones by a continuation."""
+        while True:
+            choice = self.rt.router.pick(self.rt.monotonic())
+            match choice:
+                case Use():
+                    return choice
+                case NoneUsable(message=message):
                     self._write_status(Status.RETRYING, detail=message)
                     raise InvocationFailed(f"request {self.id}: {message}")
-            deployment = self._deployment()
-            if not self._admitted(deployment):
-                return Result.REQUEUED
-            self._attempt(index, deployment, history, inputs)
+                case WaitFor(seconds=seconds, reason=reason):
+                    if seconds > self.rt.settings.inline_wait_max_s:
+                        return self._continue_later(seconds, reason)
+                    self.rt.sleep(max(seconds, MIN_PICK_PAUSE_S))
 
-    def _deployment(self) -> DeploymentConfig:
-        return self.rt.settings.deployments[0]
+    def _continue_later(self, delay_s: float, reason: str) -> Result:
+        self._write_status(Status.RETRYING, detail=reason)
+        self._send_continuation(delay_s)
+        log.info("request %s continues in %.1fs by a new message: %s", self.id, delay_s, reason)
+        return Result.REQUEUED
 
-    def _admitted(self, deployment: DeploymentConfig) -> bool:
-        """Wait for the deployment's request budget; hand long waits to a continuation."""
-        while True:
-            wait = self.rt.limiter.acquire_wait(deployment.name, deployment.rpm)
-            if wait <= 0:
-                return True
-            if wait > self.rt.settings.inline_wait_max_s:
-                self._write_status(Status.RETRYING)
-                self._send_continuation(wait)
-                log.info(
-                    "request %s: %s is at its request limit; continues in %.1fs",
-                    self.id,
-                    deployment.name,
-                    wait,
-                )
-                return False
-            self.rt.sleep(wait)
-
-    def _attempt(
-        self,
-        index: int,
-        deployment: DeploymentConfig,
-        history: list[AttemptRecord],
-        inputs: tuple[tuple[InputFile, ...], InputFile | None],
-    ) -> None:
+    def _attempt(self, index: int, use: Use, history: list[AttemptRecord], inputs: _Inputs) -> None:
         request = self.request
+        deployment = use.deployment
         partial_images = self.rt.policy.partial_images(request.partial_images, history)
         call = ImageCall(
             operation=request.operation,
@@ -398,13 +397,13 @@ class _Job:
             on_partial=on_partial,
         )
         record = result.record
+        self.rt.router.report(deployment.name, record, self.rt.monotonic(), ticket=use.ticket)
         self.attempts.append(record)
         log.info(
             "attempt id=%s image=%d attempt=%d deployment=%s status=%s apim-request-id=%s seconds=%.1f outcome=%s",
             self.id, index, record.attempt, record.deployment, record.http_status,
             record.apim_request_id, record.elapsed_s, record.outcome.value,
         )  # fmt: skip
-        self._observe_quota(deployment, record)
         self._check_lock()
         if result.image is not None:
             self.images[index] = self.rt.store.write_image(
@@ -416,16 +415,6 @@ class _Job:
                 usage=result.usage,
             )
         self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
-
-    def _observe_quota(self, deployment: DeploymentConfig, record: AttemptRecord) -> None:
-        """Tell the limiter what the deployment said, so other threads hold back too."""
-        if record.outcome is Outcome.RATE_LIMITED:
-            self.rt.limiter.observe(deployment.name, deployment.rpm, 0, record.retry_after_s)
-            return
-        remaining = record.ratelimit.get("x-ratelimit-remaining-requests")
-        if remaining is not None and remaining.isdigit():
-            reset_s = parse_reset_duration(record.ratelimit.get("x-ratelimit-reset-requests"))
-            self.rt.limiter.observe(deployment.name, deployment.rpm, int(remaining), reset_s)
 
     def _check_lock(self) -> None:
         if self.lock is not None and self.lock.lost:

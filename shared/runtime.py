@@ -1,7 +1,7 @@
 """Wires settings into the long-lived objects one Functions worker process shares.
 
 Built once per process: the storage clients and HTTP sessions keep their connection pools across
-invocations, and the rate limiter must see every call the process makes.
+invocations, and the router's breakers must see every call the process makes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from shared.attempts import utc_now
 from shared.image_api import ImageApi
+from shared.quota import BlobQuota
 from shared.ratelimit import RateLimiter
 from shared.retry import RetryPolicy
+from shared.router import QuotaGate, Router
 from shared.settings import Settings, StorageConfig
 from shared.store import RequestStore
 
@@ -36,6 +38,13 @@ def queue_service(config: StorageConfig) -> QueueServiceClient:
     return QueueServiceClient(config.queue_service_uri or "", credential=_identity())
 
 
+def quota_gate(settings: Settings, blobs: BlobServiceClient) -> QuotaGate:
+    """The request budget: in Storage when instances share the quota, else in this process."""
+    if settings.quota_scope == "process":
+        return RateLimiter(clock=time.monotonic, window_s=settings.rate_window_s)
+    return BlobQuota.for_service(blobs, settings.quota_container, window_s=settings.rate_window_s)
+
+
 def _identity():  # type: ignore[no-untyped-def]
     from azure.identity import DefaultAzureCredential
 
@@ -50,10 +59,11 @@ class Runtime:
     store: RequestStore
     requests_queue: QueueClient
     api: ImageApi
-    limiter: RateLimiter
+    router: Router
     policy: RetryPolicy
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = utc_now
     _ready: bool = False
     _ready_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,16 +71,17 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         queues = queue_service(settings.storage)
+        blobs = blob_service(settings.storage)
         return cls(
             settings=settings,
-            store=RequestStore(blob_service(settings.storage), settings.images_container),
+            store=RequestStore(blobs, settings.images_container),
             requests_queue=queues.get_queue_client(settings.requests_queue),
             api=ImageApi(
                 api_version=settings.api_version,
                 connect_timeout_s=settings.connect_timeout_s,
                 read_timeout_s=settings.read_timeout_s,
             ),
-            limiter=RateLimiter(clock=time.monotonic, window_s=settings.rate_window_s),
+            router=Router.from_settings(settings, quota_gate(settings, blobs)),
             policy=RetryPolicy.from_settings(settings),
         )
 

@@ -68,6 +68,10 @@ class Settings:
     breaker_cooldown_s: float = 30.0
     # The quota's window: 60 s on Azure; tests shrink it with the emulator's clock.
     rate_window_s: float = 60.0
+    # "shared": the request budget lives in Storage, seen by every instance of the app;
+    # "process": each process keeps its own (one instance only, or a quota it does not share).
+    quota_scope: str = "shared"
+    quota_container: str = "imagegen-quota"
 
     @property
     def poison_queue(self) -> str:
@@ -76,6 +80,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         return _Reader(os.environ if env is None else env).settings()
+
+
+def storage_from_env(env: Mapping[str, str] | None = None) -> StorageConfig:
+    """Only the storage settings: for tools (the operator CLI) that never call the image API."""
+    return _Reader(os.environ if env is None else env).storage()
 
 
 class _Reader:
@@ -131,7 +140,15 @@ class _Reader:
             breaker_failures=self.number("IMAGE_BREAKER_FAILURES", 3, 1, 3, int),
             breaker_cooldown_s=self.number("IMAGE_BREAKER_COOLDOWN_S", 30.0, 0.0, 3600.0, float),
             rate_window_s=self.number("AZURE_OPENAI_RPM_WINDOW_S", 60.0, 0.01, 3600.0, float),
+            quota_scope=self.choice("IMAGE_QUOTA_SCOPE", ("shared", "process")),
+            quota_container=self.container_name("IMAGE_QUOTA_CONTAINER", "imagegen-quota"),
         )
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = (self.get(name) or allowed[0]).lower()
+        if value not in allowed:
+            raise SettingsError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        return value
 
     def storage(self) -> StorageConfig:
         conn = self.get(STORAGE_SETTING)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
@@ -103,12 +104,14 @@ def start_product(
         "IMAGE_REQUESTS_QUEUE": queue_name,
         "IMAGES_CONTAINER": container_name,
         "IMAGE_INPUT_CONTAINERS": f"{container_name}-in",
+        "IMAGE_QUOTA_CONTAINER": f"{container_name}-quota",
         **FAST_APP_SETTINGS,
         **(overrides or {}),
     }
     queues = QueueServiceClient.from_connection_string(connection_string)
     queue = queues.get_queue_client(queue_name)
-    queue.create_queue()
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()
     poison = queues.get_queue_client(f"{queue_name}-poison")
     blobs = BlobServiceClient.from_connection_string(connection_string)
     host = start(
