@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from azure.storage.queue import QueueClient, QueueServiceClient
 
@@ -118,8 +118,10 @@ class ImageRequestClient:
                 overwrite=False,
                 content_settings=ContentSettings(content_type="application/json"),
             )
-        except ResourceExistsError:
-            pass
+        except HttpResponseError as exc:
+            # 409: it exists; 412: it exists and a delivery holds its lease. Either way, keep it.
+            if exc.status_code not in (409, 412):
+                raise
 
     def _read(self, request_id: str, name: str) -> dict[str, Any] | None:
         try:
