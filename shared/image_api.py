@@ -283,8 +283,10 @@ def _handle_event(
 
 
 def _b64(text: str) -> bytes:
+    # a2b_base64 reads an ASCII str in place; b64decode would first copy it to bytes (30 MB).
+    # strict_mode=True is exactly what b64decode(validate=True) passes down.
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except binascii.Error:
         return base64.b64decode(text)
 

@@ -36,7 +36,7 @@ from shared.records import (
 from shared.retry import FailInvocation, GiveUp, Requeue, RetryNow, Succeeded
 from shared.router import NoneUsable, Use, WaitFor
 from shared.runtime import Runtime
-from shared.store import ImageInfo, InputNotFound, LockHeld, RequestLock
+from shared.store import ImageInfo, InputNotFound, LeaseLost, LockHeld, RequestLock
 
 log = logging.getLogger("imagegen.pipeline")
 
@@ -134,17 +134,21 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
     if not rt.store.create_record(record_id, "error.json", doc):
         log.info("poisoned message %s: %s already has a terminal record", message_id, record_id)
         return Result.SKIPPED
-    rt.store.write_status(
-        record_id,
-        status_doc(
+    try:
+        rt.store.write_status(
             record_id,
-            Status.FAILED,
-            updated_at=now,
-            images_done=0,
-            attempts=attempts,
-            detail=reason,
-        ),
-    )
+            status_doc(
+                record_id,
+                Status.FAILED,
+                updated_at=now,
+                images_done=0,
+                attempts=attempts,
+                detail=reason,
+            ),
+        )
+    except (LockHeld, LeaseLost):
+        # An abandoned delivery still holds the lease; error.json is the record that counts.
+        log.info("request %s: status.json is leased; left as it is", record_id)
     log.warning("request %s poisoned: %s", record_id, reason)
     return Result.FAILED
 
@@ -203,12 +207,15 @@ class _Job:
     images: dict[int, ImageInfo] = field(default_factory=dict)
     created_at: str = ""
     lock: RequestLock | None = None
+    started: float | None = None  # monotonic start of this delivery
+    calls_made: int = 0  # attempts made by this delivery
 
     @property
     def id(self) -> str:
         return self.request.id or self.message_id
 
     def run(self) -> Result:
+        self.started = self.rt.monotonic()
         duplicate = self._finished_or_reused()
         if duplicate is not None:
             return duplicate
@@ -250,13 +257,6 @@ class _Job:
 
     def _reject_reused(self) -> Result:
         message = f"id: {self.id!r} is already used by a different request; choose a new id"
-        exc = InvalidMessage.__new__(InvalidMessage)
-        ValueError.__init__(exc, message)
-        exc.message, exc.errors, exc.input_excerpt = (
-            message,
-            (message,),
-            quote_input(self.request.to_message()),
-        )
         now = iso_utc(self.rt.now())
         doc = error_doc(
             self.message_id,
@@ -316,6 +316,9 @@ class _Job:
     def _generate(self, index: int, inputs: _Inputs) -> Result | None:
         """Attempt image `index` until it exists, or return how this delivery ends."""
         while True:
+            if self._over_budget():
+                # Stay well inside functionTimeout: the rest continues in a fresh invocation.
+                return self._continue_later(1, "the invocation's time budget is used")
             history = [a for a in self.attempts if a.image_index == index]
             match self.rt.policy.decide(history, self.rt.rng):
                 case Succeeded() if index in self.images:
@@ -340,6 +343,11 @@ class _Job:
                     return picked
                 choice = picked
             self._attempt(index, choice, history, inputs)
+
+    def _over_budget(self) -> bool:
+        if self.started is None or self.calls_made == 0:
+            return False
+        return self.rt.monotonic() - self.started > self.rt.settings.invocation_budget_s
 
     def _failover(self, history: list[AttemptRecord]) -> Use | None:
         """A retry goes at once to another usable deployment; backoff only when there is none."""
@@ -396,6 +404,7 @@ class _Job:
             image_index=index,
             on_partial=on_partial,
         )
+        self.calls_made += 1
         record = result.record
         self.rt.router.report(deployment.name, record, self.rt.monotonic(), ticket=use.ticket)
         self.attempts.append(record)

@@ -71,6 +71,9 @@ class Settings:
     # "shared": the request budget lives in Storage, seen by every instance of the app;
     # "process": each process keeps its own (one instance only, or a quota it does not share).
     quota_scope: str = "shared"
+    # No new attempt starts after this long in one invocation; a continuation message carries on.
+    # 15 min plus one long call stays inside the 30 min functionTimeout of host.json.
+    invocation_budget_s: float = 900.0
     quota_container: str = "imagegen-quota"
 
     @property
@@ -140,6 +143,9 @@ class _Reader:
             breaker_failures=self.number("IMAGE_BREAKER_FAILURES", 3, 1, 3, int),
             breaker_cooldown_s=self.number("IMAGE_BREAKER_COOLDOWN_S", 30.0, 0.0, 3600.0, float),
             rate_window_s=self.number("AZURE_OPENAI_RPM_WINDOW_S", 60.0, 0.01, 3600.0, float),
+            invocation_budget_s=self.number(
+                "IMAGE_INVOCATION_BUDGET_S", 900.0, 1.0, 86400.0, float
+            ),
             quota_scope=self.choice("IMAGE_QUOTA_SCOPE", ("shared", "process")),
             quota_container=self.container_name("IMAGE_QUOTA_CONTAINER", "imagegen-quota"),
         )

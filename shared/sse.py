@@ -6,21 +6,22 @@ into `Event`s. `iter_events` ties them to an iterable of chunks. Typing the payl
 events, partial and completed images) is the caller's layer, not this module's.
 
 The final image arrives as one `data:` line of base64 that can be 30 MB long, in chunks of a few KiB.
-So the splitter never rescans or regrows a buffer: it searches each chunk once, keeps the pieces of
-the unfinished line in a list and joins them once when the line ends. The line is decoded from UTF-8
-once, whole, so a character split across chunks decodes correctly; the field value is decoded
-straight from the line through a memoryview, so the big line is copied twice (join, decode) in all.
+So the splitter searches each chunk once with `bytes.find` (memchr; a regex walks it byte by byte in
+the interpreter's matcher and was 40% of the decode time for a 24 MiB image), appends the unfinished
+line to one bytearray and hands that bytearray over as the line when it ends: no join, and the held
+16 KiB chunks do not pin a heap arena the size of the line. The line is decoded from UTF-8 once,
+whole, so a character split across chunks decodes correctly; the field value is decoded straight
+from the line through a memoryview. `iter_events` drops each line before yielding its event, so the
+caller's json.loads and base64 decode do not run with the raw line still alive.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = ["Event", "EventParser", "LineSplitter", "TruncatedStream", "iter_events"]
 
-_LINE_BREAK = re.compile(rb"\r\n?|\n")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -55,7 +56,7 @@ class LineSplitter:
     """
 
     def __init__(self) -> None:
-        self._pieces: list[bytes] = []
+        self._buffer = bytearray()
         self._pending = 0
         self._skip_lf = False
         self.bytes_scanned = 0
@@ -66,7 +67,7 @@ class LineSplitter:
         """Bytes of an unfinished line held back, waiting for its terminator."""
         return self._pending
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes | bytearray]:
         if not isinstance(chunk, bytes):
             chunk = bytes(chunk)  # A reused bytearray must not change under our held pieces.
         start = 0
@@ -74,27 +75,39 @@ class LineSplitter:
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 start = 1
-        lines: list[bytes] = []
+        lines: list[bytes | bytearray] = []
         end = len(chunk)
         self.bytes_scanned += end - start
-        for match in _LINE_BREAK.finditer(chunk, start):
-            lines.append(self._take(chunk, start, match.start()))
-            start = match.end()
+        find = chunk.find
+        lf = find(b"\n", start)
+        cr = find(b"\r", start)
+        while lf >= 0 or cr >= 0:
+            if cr < 0 or 0 <= lf < cr:
+                lines.append(self._take(chunk, start, lf))
+                start = lf + 1
+                lf = find(b"\n", start)
+            else:
+                lines.append(self._take(chunk, start, cr))
+                start = cr + 1
+                if start < end and chunk[start] == 0x0A:
+                    start += 1
+                    lf = find(b"\n", start)
+                cr = find(b"\r", start)
         if start < end:
-            # An unfinished line: keep the piece, do not copy the whole chunk when we need all of it.
-            self._pieces.append(chunk if start == 0 else chunk[start:])
+            # An unfinished line: one growing bytearray (realloc, mremap when large), no list of pieces.
+            self._buffer += memoryview(chunk)[start:]
             self._pending += end - start
         elif end and chunk[end - 1] == 0x0D:
             self._skip_lf = True
         return lines
 
-    def _take(self, chunk: bytes, start: int, stop: int) -> bytes:
-        if not self._pieces:
+    def _take(self, chunk: bytes, start: int, stop: int) -> bytes | bytearray:
+        if not self._pending:
             return chunk[start:stop]
-        self._pieces.append(chunk[start:stop])
-        line = b"".join(self._pieces)
+        self._buffer += memoryview(chunk)[start:stop]
+        # The buffer itself is the line: bytes(buffer) would copy 30 MB for nothing.
+        line, self._buffer = self._buffer, bytearray()
         self.joins += 1
-        self._pieces.clear()
         self._pending = 0
         return line
 
@@ -119,7 +132,7 @@ class EventParser:
     def pending_fields(self) -> int:
         return self._fields
 
-    def feed(self, line: bytes) -> Event | None:
+    def feed(self, line: bytes | bytearray) -> Event | None:
         if not line:
             return self._dispatch()
         if line[0] == 0x3A:  # ':' starts a comment (keep-alive pings are comments)
@@ -151,7 +164,7 @@ class EventParser:
         return Event(event=event or "message", data="\n".join(data), id=self._last_id)
 
 
-def _decode(line: bytes, start: int) -> str:
+def _decode(line: bytes | bytearray, start: int) -> str:
     # Decoding through a memoryview avoids copying the slice first. Bad UTF-8 is replaced, per spec.
     return str(memoryview(line)[start:], "utf-8", "replace")
 
@@ -166,12 +179,18 @@ def iter_events(chunks: Iterable[bytes]) -> Iterator[Event]:
     parser = EventParser()
     first = True
     for chunk in chunks:
-        for line in splitter.feed(chunk):
+        lines = splitter.feed(chunk)
+        lines.reverse()
+        while lines:
+            # Popped, then deleted before the yield: neither the list nor this frame may keep a
+            # 30 MB line alive while the caller json-decodes and base64-decodes its event.
+            line = lines.pop()
             if first:
                 first = False
                 if line.startswith(_BOM):
                     line = line[len(_BOM) :]
             event = parser.feed(line)
+            del line
             if event is not None:
                 yield event
     if splitter.pending_bytes or parser.pending_fields:

@@ -264,3 +264,19 @@ def test_auth_failure_ends_poisoned_never_deleted(product_factory, emulator: Emu
     assert record["attempts"] and {a["outcome"] for a in record["attempts"]} == {"auth_error"}
     assert all(a["http_status"] == 401 for a in record["attempts"])
     assert "wrong-key" not in json.dumps(record)
+
+
+def test_a_long_request_continues_in_fresh_invocations_without_regenerating(
+    product_factory,  # type: ignore[no-untyped-def]
+    emulator: Emulator,
+) -> None:
+    product = product_factory(overrides={"IMAGE_INVOCATION_BUDGET_S": "1"})
+    text = prompt("budget")
+    # 2048x2048 medium takes about 1.2 s at the x0.01 clock: longer than the 1 s budget.
+    rid = product.client.submit({"prompt": text, "size": "2048x2048", "quality": "medium", "n": 3})
+    manifest = product.wait_terminal(rid)
+    assert manifest["status"] == "succeeded"
+    assert len(calls_for(emulator, text)) == 3
+    assert [a["image_index"] for a in manifest["attempts"]] == [0, 1, 2]
+    invocations = product.host.log_tail(500).count("Executing 'Functions.process_image_request'")
+    assert invocations >= 3
