@@ -4,19 +4,19 @@ Works from an operator's shell that has only the storage settings (no AZURE_OPEN
 `local.settings.json` in the current directory under the environment, as Core Tools does.
 Exit codes: 0 done, 1 a request failed (or is unknown, or not finished), 2 usage or settings,
 3 storage unreachable. Storage errors end in one line on stderr, never a traceback.
+
+This module parses arguments, says what happened and picks the exit code; what is done to the
+blobs and the queue is in `shared.operations`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,42 +24,39 @@ from typing import Any
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobServiceClient
-from azure.storage.blob import LinearRetry as BlobRetry
-from azure.storage.queue import LinearRetry as QueueRetry
-from azure.storage.queue import QueueClient, QueueServiceClient
 
-from shared.attempts import iso_utc
-from shared.client import ImageRequestClient, RequestTimeout
-from shared.contract import InvalidMessage, decode_body
-from shared.records import ErrorKind, Status, attempts_from_status, status_doc
-from shared.reporting import (
-    ERROR,
-    STATUS,
-    Folder,
-    RequestHistory,
-    build_report,
-    format_report,
-    request_folders,
+from shared.client import RequestTimeout
+from shared.contract import InvalidMessage
+from shared.operations import (
+    OperatorSettings,
+    RequeueOutcome,
+    Storage,
+    find_requests,
+    ids_with_error_record,
+    recent_histories,
+    record_status,
+    requeue_poisoned,
 )
-from shared.retry import Category, classify
-from shared.settings import DEFAULT_API_VERSION, SettingsError, StorageConfig, _Reader
-from shared.store import LockHeld, RequestStore, StoreError
+from shared.records import Status
+from shared.reporting import ERROR, Folder, build_report, format_report
+from shared.settings import DEFAULT_API_VERSION, SettingsError, storage_from_env
+from shared.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 LOCAL_SETTINGS = "local.settings.json"
-# One quick retry: an operator at a prompt wants "unreachable" in seconds, not the SDK's minutes.
-CONNECT_TIMEOUT_S = 5
-RETRY = {"backoff": 1, "retry_total": 1, "random_jitter_range": 0}
-# A re-sent poison body stays invisible until its records are cleared; if we die in between,
-# it still shows up on its own after this long.
-REQUEUE_HIDE_S = 30
-READ_THREADS = 8
+# One quick retry, a second later: an operator at a prompt wants "unreachable" in seconds, not
+# the SDK's minutes. The SDK's default policy waits initial_backoff + increment_base ** n, so
+# 0 + 1 ** 1 = 1 s, without jitter.
+STORAGE_CLIENT = {
+    "retry_total": 1,
+    "initial_backoff": 0,
+    "increment_base": 1,
+    "random_jitter_range": 0,
+    "connection_timeout": 5,
+}
 FINISHED = ("succeeded", "failed", "rejected")
 SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 SINCE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -68,31 +65,40 @@ SINCE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "
 # --- settings --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OperatorSettings:
-    """The storage half of `Settings`: what the CLI needs, without the deployment settings."""
-
-    storage: StorageConfig
-    requests_queue: str = "image-requests"
-    images_container: str = "images"
-    input_containers: tuple[str, ...] = ("inputs",)
-    api_version: str = DEFAULT_API_VERSION
-
-
 def operator_settings(env: Mapping[str, str]) -> OperatorSettings:
     """Same names, defaults and checks as `Settings.from_env`, minus AZURE_OPENAI_* (not needed)."""
-    reader = _Reader(env)  # The settings module's own reader, so the rules cannot drift apart.
+    # Case-insensitive, blank as unset: as the settings module reads app settings.
+    folded = {k.lower(): v for k, v in env.items()}
+
+    def get(name: str) -> str | None:
+        value = env.get(name, folded.get(name.lower()))
+        return value.strip() if value is not None and value.strip() else None
+
+    inputs = get("IMAGE_INPUT_CONTAINERS") or "inputs"
     return OperatorSettings(
-        storage=reader.storage(),
-        requests_queue=reader.queue_name("IMAGE_REQUESTS_QUEUE", "image-requests"),
-        images_container=reader.container_name("IMAGES_CONTAINER", "images"),
+        storage=storage_from_env(env),
+        requests_queue=_storage_name(
+            "IMAGE_REQUESTS_QUEUE", get("IMAGE_REQUESTS_QUEUE") or "image-requests", "queue"
+        ),
+        images_container=_storage_name(
+            "IMAGES_CONTAINER", get("IMAGES_CONTAINER") or "images", "container"
+        ),
         input_containers=tuple(
-            reader.container_name("IMAGE_INPUT_CONTAINERS", name.strip())
-            for name in (reader.get("IMAGE_INPUT_CONTAINERS") or "inputs").split(",")
+            _storage_name("IMAGE_INPUT_CONTAINERS", name.strip(), "container")
+            for name in inputs.split(",")
             if name.strip()
         ),
-        api_version=reader.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+        api_version=get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
     )
+
+
+def _storage_name(setting: str, value: str, what: str) -> str:
+    """The rule settings applies to queue and container names: 3..63 of a-z, 0-9 and hyphens."""
+    if not (3 <= len(value) <= 63) or not all(
+        c.islower() or c.isdigit() or c == "-" for c in value
+    ):
+        raise SettingsError(f"{setting}: {value!r} is not a valid {what} name")
+    return value
 
 
 def operator_env(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
@@ -125,66 +131,6 @@ def parse_metadata(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     return key, value
-
-
-# --- storage ---------------------------------------------------------------------------------------
-
-
-class Storage:
-    """The SDK clients one command uses, built with a short retry policy and timeout."""
-
-    def __init__(self, settings: OperatorSettings) -> None:
-        self.settings = settings
-        config = settings.storage
-        blob_kwargs: dict[str, Any] = {
-            "retry_policy": BlobRetry(**RETRY),
-            "connection_timeout": CONNECT_TIMEOUT_S,
-        }
-        queue_kwargs: dict[str, Any] = {
-            "retry_policy": QueueRetry(**RETRY),
-            "connection_timeout": CONNECT_TIMEOUT_S,
-        }
-        if config.connection_string is not None:
-            blobs = BlobServiceClient.from_connection_string(
-                config.connection_string, **blob_kwargs
-            )
-            queues = QueueServiceClient.from_connection_string(
-                config.connection_string, **queue_kwargs
-            )
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-            blobs = BlobServiceClient(config.blob_service_uri or "", credential, **blob_kwargs)
-            queues = QueueServiceClient(config.queue_service_uri or "", credential, **queue_kwargs)
-        self.endpoint = blobs.url.rstrip("/")  # No key in it: safe to print.
-        self.container = blobs.get_container_client(settings.images_container)
-        self.queue: QueueClient = queues.get_queue_client(settings.requests_queue)
-        self.store = RequestStore(blobs, settings.images_container)
-        self.client = ImageRequestClient(
-            self.queue, self.container, input_containers=settings.input_containers
-        )
-
-    def folders(self) -> list[Folder]:
-        """Every request folder, newest first: one listing pass, no downloads."""
-        try:
-            listing = [(b.name, b.last_modified) for b in self.container.list_blobs()]
-        except ResourceNotFoundError:
-            return []  # No container yet: nothing was ever submitted here.
-        return request_folders(listing)
-
-    def read_records(self, folders: Sequence[Folder]) -> list[tuple[Folder, dict[str, Any] | None]]:
-        """Each folder's governing record, read in parallel; an unreadable one is None (and said)."""
-
-        def read(folder: Folder) -> tuple[Folder, dict[str, Any] | None]:
-            try:
-                return folder, self.store.read_json(folder.id, folder.governing)
-            except StoreError as exc:
-                _warn(f"{folder.id}: skipped, {exc}")
-                return folder, None
-
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            return list(pool.map(read, folders))
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -287,17 +233,15 @@ def _download(storage: Storage, request_id: str, dest: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace, storage: Storage) -> int:
-    folders = _since(storage.folders(), args.since)
-    rows: list[dict[str, Any]] = []
-    # Newest first, read in batches until enough rows match: a status filter needs the records.
-    for start in range(0, len(folders), READ_THREADS * 4):
-        for folder, record in storage.read_records(folders[start : start + READ_THREADS * 4]):
-            row = _row(folder, record)
-            if args.status is None or row["status"] == args.status:
-                rows.append(row)
-        if len(rows) >= args.limit:
-            break
-    rows = rows[: args.limit]
+    found = find_requests(
+        storage,
+        now=datetime.now(UTC),
+        since=args.since,
+        status=args.status,
+        limit=args.limit,
+        on_unreadable=_skipped,
+    )
+    rows = [_row(folder, record) for folder, record in found]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -322,7 +266,7 @@ def _row(folder: Folder, record: dict[str, Any] | None) -> dict[str, Any]:
     images = record.get("images")
     return {
         "id": folder.id,
-        "status": str(record.get("status") or "unknown"),
+        "status": record_status(record),
         "updated": folder.updated.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "images": len(images) if isinstance(images, list) else int(record.get("images_done") or 0),
         "attempts": len(record.get("attempts") or []),
@@ -332,12 +276,7 @@ def _row(folder: Folder, record: dict[str, Any] | None) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace, storage: Storage) -> int:
     now = datetime.now(UTC)
-    folders = _since(storage.folders(), args.since)
-    histories = [
-        RequestHistory(folder.id, record)
-        for folder, record in storage.read_records(folders)
-        if record is not None
-    ]
+    histories = recent_histories(storage, now=now, since=args.since, on_unreadable=_skipped)
     report = build_report(
         histories,
         since=now - args.since,
@@ -356,98 +295,42 @@ def cmd_requeue_poison(args: argparse.Namespace, storage: Storage) -> int:
     if bool(args.ids) == bool(args.all):
         raise _UsageError("requeue-poison: give request ids or --all (not both)")
     named = not args.all
-    ids = args.ids if named else [f.id for f in storage.folders() if ERROR in f.records]
+    ids = args.ids if named else ids_with_error_record(storage)
+    queue = storage.queue.queue_name
     problems = skipped = requeued = 0
     for request_id in ids:
-        record = storage.store.read_json(request_id, ERROR)
-        error = record.get("error") if record else None
-        kind = error.get("kind") if isinstance(error, dict) else None
-        if kind != ErrorKind.POISONED.value:
-            if named:
-                what = "has no error.json" if record is None else f"has error.json kind {kind!r}"
-                _warn(f"{request_id}: {what}, not a poisoned record; left alone")
-                problems += 1
-            else:
+        result = requeue_poisoned(storage, request_id, dry_run=args.dry_run)
+        match result.outcome:
+            case RequeueOutcome.NO_ERROR_RECORD | RequeueOutcome.NOT_POISONED if not named:
                 skipped += 1
-            continue
-        body = record.get("input") if record else None
-        if not isinstance(body, str) or not body:
-            _warn(f"{request_id}: the poisoned record keeps no input to re-send; left alone")
-            problems += 1
-            continue
-        if args.dry_run:
-            print(
-                f"{request_id}: would re-send {len(body.encode())} bytes to {storage.queue.queue_name}"
-            )
-            continue
-        try:
-            message_id, own_id = _requeue(storage, request_id, record, body)
-        except LockHeld:
-            _warn(f"{request_id}: status.json is leased by a running delivery; left alone")
-            problems += 1
-            continue
-        requeued += 1
-        where = "" if own_id else f"; the body has no id, so it runs as request {message_id}"
-        print(f"{request_id}: re-sent to {storage.queue.queue_name} as message {message_id}{where}")
+            case RequeueOutcome.NO_ERROR_RECORD:
+                _warn(f"{request_id}: has no error.json, not a poisoned record; left alone")
+                problems += 1
+            case RequeueOutcome.NOT_POISONED:
+                _warn(
+                    f"{request_id}: has error.json kind {result.kind!r}, "
+                    "not a poisoned record; left alone"
+                )
+                problems += 1
+            case RequeueOutcome.NO_INPUT:
+                _warn(f"{request_id}: the poisoned record keeps no input to re-send; left alone")
+                problems += 1
+            case RequeueOutcome.LEASED:
+                _warn(f"{request_id}: status.json is leased by a running delivery; left alone")
+                problems += 1
+            case RequeueOutcome.WOULD_RESEND:
+                print(f"{request_id}: would re-send {result.body_bytes} bytes to {queue}")
+            case RequeueOutcome.RESENT:
+                requeued += 1
+                where = (
+                    ""
+                    if result.own_id
+                    else f"; the body has no id, so it runs as request {result.message_id}"
+                )
+                print(f"{request_id}: re-sent to {queue} as message {result.message_id}{where}")
     if not named:
         _warn(f"{requeued} re-sent, {skipped} other error records left alone, {problems} problems")
     return EXIT_FAILED if problems else EXIT_OK
-
-
-def _requeue(
-    storage: Storage, request_id: str, record: dict[str, Any], body: str
-) -> tuple[str, bool]:
-    """Send the body hidden, clear the records, then reveal it; undo the send if clearing fails.
-
-    Order matters: a delivery that finds error.json is acknowledged without work, and a record
-    deleted before the send succeeded would lose the only copy of the body.
-    """
-    own_id = _has_own_id(body)
-    with contextlib.suppress(ResourceExistsError):
-        storage.queue.create_queue()
-    sent = storage.queue.send_message(body, visibility_timeout=REQUEUE_HIDE_S)
-    try:
-        if own_id:
-            storage.store.write_status(request_id, _queued_status(request_id, record))
-        else:
-            # The run gets a new folder (the message id); this one only held the poison record.
-            storage.store.delete_record(request_id, STATUS)
-        storage.store.delete_record(request_id, ERROR)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            storage.queue.delete_message(sent.id, sent.pop_receipt)
-        raise
-    storage.queue.update_message(sent.id, pop_receipt=sent.pop_receipt, visibility_timeout=0)
-    return sent.id, own_id
-
-
-def _queued_status(request_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """`queued` again, keeping the attempt history except the configuration errors.
-
-    Billable attempts stay (the cap and the report count them). 401/403/404 attempts go: they
-    are what the operator just fixed, and the retry policy fails an image whose last attempt was
-    one without calling again, so keeping them would poison the request a second time.
-    """
-    images = record.get("images")
-    history = [a for a in attempts_from_status(record) if classify(a) is not Category.CONFIGURATION]
-    return status_doc(
-        request_id,
-        Status.QUEUED,
-        updated_at=iso_utc(datetime.now(UTC)),
-        images_done=len(images) if isinstance(images, list) else 0,
-        attempts=history,
-        request_hash=record.get("request_hash"),
-        created_at=record.get("created_at"),
-        detail="re-sent by requeue-poison",
-    )
-
-
-def _has_own_id(body: str) -> bool:
-    try:
-        data = decode_body(body)
-    except InvalidMessage:
-        return False
-    return isinstance(data.get("id"), str) and bool(data["id"])
 
 
 # --- output helpers --------------------------------------------------------------------------------
@@ -489,11 +372,8 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _since(folders: list[Folder], since: timedelta | None) -> list[Folder]:
-    if since is None:
-        return folders
-    cutoff = datetime.now(UTC) - since
-    return [f for f in folders if f.updated >= cutoff]
+def _skipped(folder: Folder, exc: StoreError) -> None:
+    _warn(f"{folder.id}: skipped, {exc}")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -610,7 +490,7 @@ def main(
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         env = operator_env(os.environ if environ is None else environ, cwd or Path.cwd())
-        storage = Storage(operator_settings(env))
+        storage = Storage(operator_settings(env), **STORAGE_CLIENT)
     except SettingsError as exc:
         _warn(f"settings: {exc}")
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
@@ -26,16 +27,20 @@ from shared.settings import Settings, StorageConfig
 from shared.store import RequestStore
 
 
-def blob_service(config: StorageConfig) -> BlobServiceClient:
+def blob_service(config: StorageConfig, **client_kwargs: Any) -> BlobServiceClient:
+    """`client_kwargs` go to the SDK client as they are (retry_total, connection_timeout, ...)."""
     if config.connection_string is not None:
-        return BlobServiceClient.from_connection_string(config.connection_string)
-    return BlobServiceClient(config.blob_service_uri or "", credential=_identity())
+        return BlobServiceClient.from_connection_string(config.connection_string, **client_kwargs)
+    return BlobServiceClient(config.blob_service_uri or "", credential=_identity(), **client_kwargs)
 
 
-def queue_service(config: StorageConfig) -> QueueServiceClient:
+def queue_service(config: StorageConfig, **client_kwargs: Any) -> QueueServiceClient:
+    """`client_kwargs` go to the SDK client as they are (retry_total, connection_timeout, ...)."""
     if config.connection_string is not None:
-        return QueueServiceClient.from_connection_string(config.connection_string)
-    return QueueServiceClient(config.queue_service_uri or "", credential=_identity())
+        return QueueServiceClient.from_connection_string(config.connection_string, **client_kwargs)
+    return QueueServiceClient(
+        config.queue_service_uri or "", credential=_identity(), **client_kwargs
+    )
 
 
 def quota_gate(settings: Settings, blobs: BlobServiceClient) -> QuotaGate:
