@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,14 @@ __all__ = [
     "cpu_seconds",
     "current_rss_kib",
     "emit_result",
+    "epoch_from_iso",
     "format_table",
     "machine_summary",
     "peak_rss_kib",
+    "percentile",
+    "print_header",
+    "proc_cpu_seconds",
+    "proc_status_kib",
     "run_child",
 ]
 
@@ -153,3 +159,44 @@ def machine_summary() -> str:
         f"{len(os.sched_getaffinity(0))} CPUs ({model}), Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
     )
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The `share` (0..1) percentile by linear interpolation, like numpy's default; no numpy needed."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    position = share * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def epoch_from_iso(text: str) -> float:
+    """Epoch seconds of the records' ISO 8601 UTC stamps (`2026-05-07T13:46:12.190Z`)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A memory line of another process's /proc/<pid>/status (`VmHWM`, `VmRSS`), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of another process (its threads included), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15 of the line
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def print_header(module: str, setup: str, argv: Sequence[str] | None = None) -> None:
+    """The lines BENCHMARKS.md records with every table: machine, command, setup."""
+    args = sys.argv[1:] if argv is None else argv
+    print(f"machine: {machine_summary()}")
+    print(f"command: python -m bench.{module} {' '.join(args)}".rstrip())
+    print(f"setup: {setup}\n")
