@@ -52,6 +52,9 @@ class State(StrEnum):
     DISABLED = "disabled"
 
 
+ALWAYS_CLOSED = 2**31  # failures_to_open for a breaker that retryable failures never open
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """Handed out by `Breaker.claim`; give it back to `record` with the call's outcome.
@@ -91,6 +94,14 @@ class Breaker:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Breaker:
+        if len(settings.deployments) == 1:
+            # Nowhere to fail over to: opening would only stack a cool-down on the retry policy's
+            # own backoff. One deployment keeps only the configuration-error rule.
+            return cls(
+                failures_to_open=ALWAYS_CLOSED,
+                cooldown_s=settings.breaker_cooldown_s,
+                long_retry_after_s=float("inf"),
+            )
         return cls(
             failures_to_open=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s
         )

@@ -42,7 +42,7 @@ from shared.operations import (
 )
 from shared.records import Status
 from shared.reporting import ERROR, Folder, build_report, format_report
-from shared.settings import DEFAULT_API_VERSION, SettingsError, storage_from_env
+from shared.settings import DEFAULT_API_VERSION, SettingsError, check_storage_name, storage_from_env
 from shared.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -77,28 +77,19 @@ def operator_settings(env: Mapping[str, str]) -> OperatorSettings:
     inputs = get("IMAGE_INPUT_CONTAINERS") or "inputs"
     return OperatorSettings(
         storage=storage_from_env(env),
-        requests_queue=_storage_name(
+        requests_queue=check_storage_name(
             "IMAGE_REQUESTS_QUEUE", get("IMAGE_REQUESTS_QUEUE") or "image-requests", "queue"
         ),
-        images_container=_storage_name(
+        images_container=check_storage_name(
             "IMAGES_CONTAINER", get("IMAGES_CONTAINER") or "images", "container"
         ),
         input_containers=tuple(
-            _storage_name("IMAGE_INPUT_CONTAINERS", name.strip(), "container")
+            check_storage_name("IMAGE_INPUT_CONTAINERS", name.strip(), "container")
             for name in inputs.split(",")
             if name.strip()
         ),
         api_version=get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
     )
-
-
-def _storage_name(setting: str, value: str, what: str) -> str:
-    """The rule settings applies to queue and container names: 3..63 of a-z, 0-9 and hyphens."""
-    if not (3 <= len(value) <= 63) or not all(
-        c.islower() or c.isdigit() or c == "-" for c in value
-    ):
-        raise SettingsError(f"{setting}: {value!r} is not a valid {what} name")
-    return value
 
 
 def operator_env(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:

@@ -766,3 +766,16 @@ def schema_text() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(schema_text())
+
+
+def body_id(body: bytes | str) -> str | None:
+    """The `id` a message body names itself, valid or not; None when it names none or is unreadable.
+
+    The poison handler and requeue-poison need it: a body without its own id took its first queue
+    message id as its folder, which no later copy of the message can know.
+    """
+    try:
+        candidate = decode_body(body).get("id")
+    except InvalidMessage:
+        return None
+    return candidate if isinstance(candidate, str) and candidate else None

@@ -21,10 +21,9 @@ from azure.storage.queue import QueueClient
 
 from shared.attempts import iso_utc, utc_now
 from shared.client import ImageRequestClient
-from shared.contract import InvalidMessage, decode_body
+from shared.contract import body_id
 from shared.records import ErrorKind, Status, attempts_from_status, status_doc
 from shared.reporting import ERROR, STATUS, Folder, RequestHistory, request_folders
-from shared.retry import Category, classify
 from shared.runtime import blob_service, queue_service
 from shared.settings import DEFAULT_API_VERSION, StorageConfig
 from shared.store import LockHeld, RequestStore, StoreError
@@ -232,7 +231,7 @@ def _resend(
     Order matters: a delivery that finds error.json is acknowledged without work, and a record
     deleted before the send succeeded would lose the only copy of the body.
     """
-    own_id = _has_own_id(body)
+    own_id = body_id(body) is not None
     with contextlib.suppress(ResourceExistsError):
         storage.queue.create_queue()
     sent = storage.queue.send_message(body, visibility_timeout=REQUEUE_HIDE_S)
@@ -252,14 +251,13 @@ def _resend(
 
 
 def queued_status(request_id: str, record: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """`queued` again, keeping the attempt history except the configuration errors.
+    """`queued` again, keeping the whole attempt history.
 
-    Billable attempts stay (the cap and the report count them). 401/403/404 attempts go: they
-    are what the operator just fixed, and the retry policy fails an image whose last attempt was
-    one without calling again, so keeping them would poison the request a second time.
+    Billable attempts count toward the cap, and the 401/403/404 ones keep their apim-request-ids
+    for the report; the pipeline tries again after a configuration error from an earlier delivery.
     """
     images = record.get("images")
-    history = [a for a in attempts_from_status(record) if classify(a) is not Category.CONFIGURATION]
+    history = attempts_from_status(record)
     return status_doc(
         request_id,
         Status.QUEUED,
@@ -270,11 +268,3 @@ def queued_status(request_id: str, record: dict[str, Any], now: datetime) -> dic
         created_at=record.get("created_at"),
         detail="re-sent by requeue-poison",
     )
-
-
-def _has_own_id(body: str) -> bool:
-    try:
-        data = decode_body(body)
-    except InvalidMessage:
-        return False
-    return isinstance(data.get("id"), str) and bool(data["id"])

@@ -20,6 +20,7 @@ from shared.contract import (
     ID_PATTERN,
     GenerationRequest,
     InvalidMessage,
+    body_id,
     decode_body,
     parse_message,
 )
@@ -96,7 +97,7 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
         request = parse_message(
             body, message_id=message_id, input_containers=rt.settings.input_containers
         )
-    request_id = request.id if request is not None and _has_own_id(body) else None
+    request_id = request.id if request is not None and body_id(body) is not None else None
     record_id = request_id or message_id
     if rt.store.terminal(record_id) == "manifest":
         log.info(
@@ -151,14 +152,6 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
         log.info("request %s: status.json is leased; left as it is", record_id)
     log.warning("request %s poisoned: %s", record_id, reason)
     return Result.FAILED
-
-
-def _has_own_id(body: bytes | str) -> bool:
-    try:
-        data = decode_body(body)
-    except InvalidMessage:
-        return False
-    return isinstance(data.get("id"), str) and bool(data["id"])
 
 
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:

@@ -85,6 +85,15 @@ class Settings:
         return _Reader(os.environ if env is None else env).settings()
 
 
+def check_storage_name(setting: str, value: str, what: str) -> str:
+    """Queue and container names share a rule: 3..63 lowercase letters, digits and hyphens."""
+    if not (3 <= len(value) <= 63) or not all(
+        c.islower() or c.isdigit() or c == "-" for c in value
+    ):
+        raise SettingsError(f"{setting}: {value!r} is not a valid {what} name")
+    return value
+
+
 def storage_from_env(env: Mapping[str, str] | None = None) -> StorageConfig:
     """Only the storage settings: for tools (the operator CLI) that never call the image API."""
     return _Reader(os.environ if env is None else env).storage()
@@ -128,7 +137,7 @@ class _Reader:
             requests_queue=self.queue_name("IMAGE_REQUESTS_QUEUE", "image-requests"),
             images_container=self.container_name("IMAGES_CONTAINER", "images"),
             input_containers=tuple(
-                self.container_name("IMAGE_INPUT_CONTAINERS", name)
+                check_storage_name("IMAGE_INPUT_CONTAINERS", name.strip(), "container")
                 for name in (self.get("IMAGE_INPUT_CONTAINERS") or "inputs").split(",")
                 if name.strip()
             ),
@@ -187,14 +196,10 @@ class _Reader:
         return value.rstrip("/")
 
     def queue_name(self, name: str, default: str) -> str:
-        value = self.get(name) or default
-        if not (3 <= len(value) <= 63) or not all(
-            c.islower() or c.isdigit() or c == "-" for c in value
-        ):
-            raise SettingsError(f"{name}: {value!r} is not a valid queue name")
-        return value
+        return check_storage_name(name, self.get(name) or default, "queue")
 
-    container_name = queue_name  # Same rules: 3..63 lowercase letters, digits and hyphens.
+    def container_name(self, name: str, default: str) -> str:
+        return check_storage_name(name, self.get(name) or default, "container")
 
     def deployments(self) -> tuple[DeploymentConfig, ...]:
         raw = self.get("AZURE_OPENAI_DEPLOYMENTS")

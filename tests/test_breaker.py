@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from shared.breaker import Breaker, State, Ticket
 from shared.retry import Category
-from shared.settings import Settings, StorageConfig
+from shared.settings import DeploymentConfig, Settings, StorageConfig
 
 R = Category.RETRYABLE
 OK = Category.SUCCESS
@@ -134,5 +136,14 @@ def test_from_settings_and_validation() -> None:
     )
     breaker = Breaker.from_settings(settings)
     assert (breaker.failures_to_open, breaker.cooldown_s, breaker.long_429_s) == (2, 12.0, 6.0)
+    # With one deployment there is nowhere to fail over to: only configuration errors take it out.
+    single = Breaker.from_settings(
+        replace(settings, deployments=(DeploymentConfig("d", "http://x", "d"),))
+    )
+    for moment in range(10):
+        single = single.record(Category.RETRYABLE, float(moment))
+        single = single.record(Category.THROTTLED, float(moment), retry_after_s=3600.0)
+    assert single.allows(10.0)
+    assert single.record(Category.CONFIGURATION, 11.0).disabled(12.0)
     with pytest.raises(ValueError, match="failures_to_open"):
         Breaker(failures_to_open=0)

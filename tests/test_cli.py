@@ -464,8 +464,9 @@ def test_requeue_poison_resends_the_body_and_clears_the_record(stage: Stage) -> 
     assert (
         status["request_hash"] == "h-p-1"
     )  # so the pipeline takes the re-sent body as the same request
-    # The billable attempt stays; the 401 (what the operator fixed) would fail the rerun at once.
-    assert [a["outcome"] for a in status["attempts"]] == ["server_error"]
+    # The history stays whole: the 401's apim-request-id remains for the report, and the
+    # pipeline calls again after a configuration error from an earlier delivery.
+    assert [a["outcome"] for a in status["attempts"]] == ["server_error", "auth_error"]
     assert stage.get("other", "error.json") is not None
 
 

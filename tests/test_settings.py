@@ -103,3 +103,12 @@ def test_missing_key_setting_is_named() -> None:
     }
     with pytest.raises(SettingsError, match=r"^NOPE: required setting is missing"):
         Settings.from_env(env)
+
+
+def test_several_input_containers_each_checked() -> None:
+    s = Settings.from_env({**BASE, "IMAGE_INPUT_CONTAINERS": "inputs, brand-assets"})
+    assert s.input_containers == ("inputs", "brand-assets")
+    with pytest.raises(
+        SettingsError, match=r"^IMAGE_INPUT_CONTAINERS: 'Bad' is not a valid container name"
+    ):
+        Settings.from_env({**BASE, "IMAGE_INPUT_CONTAINERS": "inputs,Bad"})
