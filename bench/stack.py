@@ -75,6 +75,7 @@ class BenchStack:
     container: ContainerClient
     log_dir: Path
     settings: dict[str, str]
+    azurite: Service | None = None  # None when a connection string was given
 
     def emulator_requests(self) -> list[dict[str, Any]]:
         """The emulator's request log: every call it answered, with status and outcome."""
@@ -164,6 +165,7 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         connection_string = options.connection_string
+        storage: Service | None = None
         if connection_string is None:
             ports = free_port(), free_port(), free_port()
             service = azurite.start_azurite(
@@ -173,6 +175,7 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
                 log_path=logs / "azurite.log",
             )
             cleanup.callback(service.stop)
+            storage = service
             connection_string = azurite.connection_string(*ports)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -212,7 +215,9 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
         client = ImageRequestClient(
             queue, container, input_containers=(settings["IMAGE_INPUT_CONTAINERS"],)
         )
-        yield BenchStack(connection_string, url, host, emulator, client, container, logs, settings)
+        yield BenchStack(
+            connection_string, url, host, emulator, client, container, logs, settings, storage
+        )
 
 
 def _delete_quietly(delete: Any) -> None:
