@@ -68,6 +68,18 @@ class AttemptRecord:
     error: ErrorInfo | None = None
     retry_after_s: float | None = None
     ratelimit: dict[str, str] = field(default_factory=dict)
+    headers_s: float | None = None  # when the response headers arrived, from the start
+
+    @property
+    def headers_age_s(self) -> float:
+        """How old the rate-limit headers are by the end of the attempt.
+
+        `x-ratelimit-reset-requests` and `retry-after` count from when the answer began; a stream
+        that then ran for minutes must not hold the quota for that long again.
+        """
+        if self.headers_s is None:
+            return 0.0
+        return max(0.0, self.elapsed_s - self.headers_s)
 
     @property
     def succeeded(self) -> bool:
@@ -101,6 +113,7 @@ class AttemptRecord:
             error=ErrorInfo.from_json(error) if isinstance(error, dict) else None,
             retry_after_s=data.get("retry_after_s"),
             ratelimit=dict(data.get("ratelimit") or {}),
+            headers_s=data.get("headers_s"),
         )
 
 

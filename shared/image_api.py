@@ -405,6 +405,7 @@ class _Trace:
     partials_received: int = 0
     retry_after_s: float | None = None
     ratelimit: dict[str, str] | None = None
+    headers_s: float | None = None
 
     def response(self, response: requests.Response) -> None:
         headers = response.headers
@@ -413,6 +414,7 @@ class _Trace:
         self.x_request_id = headers.get("x-request-id")
         self.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
         self.retry_after_s = parse_retry_after(headers)
+        self.headers_s = round(self.monotonic() - self.start, 3)
 
     def event(self) -> None:
         if self.first_event_s is None:
@@ -442,4 +444,5 @@ class _Trace:
             error=error,
             retry_after_s=self.retry_after_s,
             ratelimit=dict(self.ratelimit or {}),
+            headers_s=self.headers_s,
         )

@@ -158,7 +158,7 @@ class Router:
             after = before.record(category, now, record.retry_after_s, ticket, describe(record))
             self._breakers[name] = after
             if record.outcome is Outcome.RATE_LIMITED and record.retry_after_s is not None:
-                self._hold_quota(name, now + record.retry_after_s)
+                self._hold_quota(name, now + record.retry_after_s - record.headers_age_s)
         _log_transition(name, before, after, now)
         self._observe_quota(deployment, record, now)
 
@@ -233,14 +233,25 @@ class Router:
     def _observe_quota(
         self, deployment: DeploymentConfig, record: AttemptRecord, now: float
     ) -> None:
-        """Tell the quota what the deployment said, so every thread (and instance) holds back."""
+        """Tell the quota what the deployment said, so every thread (and instance) holds back.
+
+        The headers describe the moment the answer began; by the end of a long stream their reset
+        time is partly or wholly past, so it is aged first, and a fully stale one is ignored.
+        """
+        age = record.headers_age_s
         if record.outcome is Outcome.RATE_LIMITED:
-            self._quota.observe(deployment.name, deployment.rpm, 0, record.retry_after_s)
+            retry_after = None if record.retry_after_s is None else record.retry_after_s - age
+            if retry_after is None or retry_after > 0:
+                self._quota.observe(deployment.name, deployment.rpm, 0, retry_after)
             return
         remaining = record.ratelimit.get("x-ratelimit-remaining-requests")
         if remaining is None or not remaining.strip().isdigit():
             return
         reset_s = parse_reset_duration(record.ratelimit.get("x-ratelimit-reset-requests"))
+        if reset_s is not None:
+            reset_s -= age
+            if reset_s <= 0:
+                return  # The server's window has moved on since it said this.
         self._quota.observe(deployment.name, deployment.rpm, int(remaining), reset_s)
         if int(remaining) == 0 and reset_s is not None:
             with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shared.attempts import AttemptRecord, ErrorInfo, Outcome
 from shared.breaker import Breaker, State
@@ -223,6 +223,25 @@ def test_ratelimit_headers_reach_the_quota() -> None:
     assert isinstance(waiting, WaitFor) and waiting.seconds == 12.0
     clock.now += 12.0
     assert use(router.pick(clock.now)).deployment.name == "a"
+
+
+def test_ratelimit_headers_are_aged_by_the_stream_that_followed_them() -> None:
+    router, quota, clock = make(dep("a", rpm=10))
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12s"}
+    # Headers at 1 s, stream over at 9 s: only 4 s of the 12 s reset are left.
+    long_stream = replace(
+        record("a", Outcome.SUCCEEDED, ratelimit=headers), elapsed_s=9.0, headers_s=1.0
+    )
+    router.report("a", long_stream, clock.now, ticket=use(router.pick(clock.now)).ticket)
+    assert quota.observed == [("a", 0, 4.0)]
+    waiting = router.pick(clock.now)
+    assert isinstance(waiting, WaitFor) and waiting.seconds == 4.0
+    # A stream longer than the reset: the server's window has moved on; nothing is held.
+    clock.now += 4.0
+    stale = replace(long_stream, elapsed_s=30.0)
+    router.report("a", stale, clock.now, ticket=use(router.pick(clock.now)).ticket)
+    assert len(quota.observed) == 1
+    assert isinstance(router.pick(clock.now), Use)
 
 
 def test_healthier_deployment_first_within_a_priority() -> None:
