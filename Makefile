@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint fmt emulator azurite demo run
+.PHONY: help setup test lint fmt emulator azurite demo run bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,3 +43,7 @@ demo: setup ## The main job end to end: Azurite, emulator, host; three requests;
 
 run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote) and the host, until Ctrl-C
 	$(PY) -m devtools.stack
+
+bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m bench $(ARGS)
