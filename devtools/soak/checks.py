@@ -1,0 +1,229 @@
+"""The soak's invariants, as pure functions of the evidence: each returns its violations.
+
+Why each check is honest about what it can see:
+
+- Terminal records: every submitted id has manifest.json XOR error.json, and nothing else in the
+  container has a record (a stray record means a message was filed under another name).
+- Images: Azurite keeps no blob versions, so the blob tap logged every Put Blob with the sha256 of
+  its body. An image blob fails if two writes that may have been applied carry different contents,
+  if it was written after its request's terminal record was created (the manifest is written last),
+  or if it holds something else than the record lists. The emulator draws the same picture for the
+  same request, so a re-made call stores identical bytes: what this catches is a wrong write (a
+  partial stored as the final, a cut body, another request's image, a stale delivery writing late),
+  not two different generations, which this emulator cannot produce.
+- Status: once a request has a terminal record, its status.json must say so and hold no lease
+  (the run waits out a lock lease before looking).
+- Calls against the cap: see `accounting.py`.
+- Hosts: an instance we did not kill must still be running (no crash on the outage).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from devtools.soak.accounting import CallAccount
+from devtools.soak.blobtap import BlobWrite
+from devtools.soak.evidence import IMAGE_BLOB, Evidence
+from devtools.soak.workload import Workload
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "rejected"})
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    check: str
+    detail: str
+
+
+def check_terminal_records(evidence: Evidence, workload: Workload) -> list[Violation]:
+    found: list[Violation] = []
+    planned = workload.by_id()
+    for request_id in planned:
+        has_manifest = request_id in evidence.manifests
+        has_error = request_id in evidence.errors
+        if has_manifest and has_error:
+            found.append(Violation("terminal", f"{request_id}: both manifest.json and error.json"))
+        elif not has_manifest and not has_error:
+            found.append(Violation("terminal", f"{request_id}: no terminal record"))
+    for folder in sorted((set(evidence.manifests) | set(evidence.errors)) - set(planned)):
+        doc = evidence.errors.get(folder) or evidence.manifests.get(folder) or {}
+        why = (doc.get("error") or {}).get("message", "")
+        found.append(Violation("terminal", f"stray record under {folder!r}: {why[:120]}"))
+    for request_id, doc in evidence.manifests.items():
+        if doc.get("status") != "succeeded" or doc.get("id") != request_id:
+            found.append(
+                Violation("terminal", f"{request_id}: manifest says status={doc.get('status')!r}")
+            )
+    return found
+
+
+def check_expected_outcomes(evidence: Evidence, workload: Workload) -> list[Violation]:
+    """What the workload makes certain: refused prompts fail as content_filter, and only they do;
+    only images the emulator faults can run out of attempts."""
+    found: list[Violation] = []
+    for request in workload.requests:
+        error = evidence.errors.get(request.id)
+        kind = (error or {}).get("error", {}).get("kind") if error else None
+        if request.content_filter and kind != "content_filter":
+            found.append(Violation("outcome", f"{request.id}: expected content_filter, got {kind}"))
+        if not request.content_filter and kind == "content_filter":
+            found.append(Violation("outcome", f"{request.id}: content_filter on a clean prompt"))
+        if kind == "retries_exhausted" and not request.fault_eligible:
+            message = (error or {}).get("error", {}).get("message", "")
+            found.append(
+                Violation(
+                    "outcome",
+                    f"{request.id}: retries_exhausted at {request.body['size']}, which the "
+                    f"emulator never faults: {message[:160]}",
+                )
+            )
+    return found
+
+
+def _listed_images(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [i for i in doc.get("images") or [] if isinstance(i, dict)]
+
+
+def check_images(evidence: Evidence, workload: Workload) -> list[Violation]:
+    found: list[Violation] = []
+    for request_id, doc in [*evidence.manifests.items(), *evidence.errors.items()]:
+        listed = _listed_images(doc)
+        is_manifest = request_id in evidence.manifests and doc is evidence.manifests[request_id]
+        planned = workload.by_id().get(request_id)
+        if is_manifest and planned is not None:
+            indices = sorted(int(i.get("index", -1)) for i in listed)
+            if indices != list(range(planned.n)):
+                found.append(
+                    Violation(
+                        "images", f"{request_id}: manifest lists images {indices}, n={planned.n}"
+                    )
+                )
+        for image in listed:
+            name = str(image.get("blob"))
+            stored = evidence.images.get(name)
+            if stored is None:
+                found.append(Violation("images", f"{name}: listed but not stored"))
+                continue
+            if stored.sha256 != image.get("sha256") or stored.size != image.get("bytes"):
+                found.append(
+                    Violation(
+                        "images",
+                        f"{name}: stored sha256 {stored.sha256[:12]} ({stored.size} B), record "
+                        f"says {str(image.get('sha256'))[:12]} ({image.get('bytes')} B)",
+                    )
+                )
+            if stored.metadata.get("request_id") != request_id:
+                found.append(Violation("images", f"{name}: metadata request_id is wrong"))
+    for name in evidence.images:
+        request_id = IMAGE_BLOB.match(name)["id"]  # type: ignore[index]
+        manifest = evidence.manifests.get(request_id)
+        if manifest is not None and name not in {
+            str(i.get("blob")) for i in _listed_images(manifest)
+        }:
+            found.append(Violation("images", f"{name}: stored but not in its manifest"))
+    return found
+
+
+def check_writes(evidence: Evidence, container: str) -> list[Violation]:
+    """Every image blob's write history from the tap: one content, nothing after the record."""
+    found: list[Violation] = []
+    by_blob: dict[str, list[BlobWrite]] = defaultdict(list)
+    record_created: dict[str, float] = {}
+    for write in evidence.writes:
+        if write.container != container:
+            continue
+        folder, _, rest = write.blob.partition("/")
+        if rest in ("manifest.json", "error.json") and write.applied:
+            record_created[folder] = min(record_created.get(folder, write.ended), write.ended)
+        if IMAGE_BLOB.match(write.blob):
+            by_blob[write.blob].append(write)
+    for name, writes in sorted(by_blob.items()):
+        if any(w.kind != "put_blob" for w in writes):
+            found.append(Violation("writes", f"{name}: uploaded in blocks; content not verifiable"))
+        contents = {w.sha256 for w in writes if w.maybe_applied}
+        if len(contents) > 1:
+            found.append(
+                Violation("writes", f"{name}: written with {len(contents)} different contents")
+            )
+        created = record_created.get(name.partition("/")[0])
+        late = [
+            w for w in writes if w.maybe_applied and created is not None and w.started > created
+        ]
+        if late:
+            found.append(
+                Violation(
+                    "writes", f"{name}: written {late[0].started - created:.2f}s after its record"
+                )
+            )
+    for name in evidence.images:
+        if name not in by_blob:
+            found.append(Violation("writes", f"{name}: stored, but the tap saw no write of it"))
+        elif evidence.images[name].sha256 not in {
+            w.sha256 for w in by_blob[name] if w.maybe_applied
+        }:
+            found.append(Violation("writes", f"{name}: holds content no logged write carried"))
+    return found
+
+
+def check_statuses(evidence: Evidence, workload: Workload) -> list[Violation]:
+    found: list[Violation] = []
+    for request in workload.requests:
+        record = evidence.manifests.get(request.id) or evidence.errors.get(request.id)
+        if record is None:
+            continue
+        status = evidence.statuses.get(request.id)
+        if status is None:
+            continue  # the client's `queued` status is optional for the contract; none is fine
+        said = (status.doc or {}).get("status")
+        if said not in TERMINAL_STATUSES:
+            found.append(
+                Violation(
+                    "status",
+                    f"{request.id}: status.json stays {said!r} although {record.get('status')!r} "
+                    f"is recorded (updated_at {(status.doc or {}).get('updated_at')})",
+                )
+            )
+        elif said != record.get("status"):
+            found.append(
+                Violation(
+                    "status", f"{request.id}: status {said!r}, record {record.get('status')!r}"
+                )
+            )
+        if status.lease_state == "leased":
+            found.append(Violation("status", f"{request.id}: status.json still leased at the end"))
+    return found
+
+
+def check_calls(account: CallAccount) -> list[Violation]:
+    found = [Violation("cap", text) for text in account.over_cap]
+    found += [
+        Violation("calls", f"call in no record and no disruption: {t}") for t in account.unexplained
+    ]
+    found += [
+        Violation("calls", f"recorded call the emulator never saw: {t}") for t in account.phantom
+    ]
+    for number, cut in enumerate(account.cut_by_kill, 1):
+        if cut == 0:
+            found.append(Violation("soak", f"kill {number} cut no call mid-stream"))
+    return found
+
+
+def check_hosts(evidence: Evidence) -> list[Violation]:
+    return [
+        Violation("hosts", f"host {h.name}#{h.incarnation} exited on its own (code {h.exit_code})")
+        for h in evidence.hosts
+        if not h.killed and not h.alive_at_end
+    ]
+
+
+def check_drained(evidence: Evidence) -> list[Violation]:
+    found = []
+    if evidence.queue_left:
+        found.append(Violation("drain", f"{evidence.queue_left} message(s) left in the queue"))
+    if evidence.poison_left:
+        found.append(
+            Violation("drain", f"{evidence.poison_left} message(s) left in the poison queue")
+        )
+    return found
