@@ -24,6 +24,8 @@ from devtools.soak.stack import SoakStack
 log = logging.getLogger("soak.chaos")
 
 POLL_S = 0.2
+# A call picked for the kill has at least this long to run, by the emulator's timing model.
+MIN_LEFT_S = 0.3
 
 
 class SoakAborted(RuntimeError):

@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from emulators.image_deployment.timing import QUALITY_SECONDS, duration_s
+
 log = logging.getLogger("soak.observe")
 
 TAG = re.compile(r"\[soak ([A-Za-z0-9._-]+)\]")
@@ -167,18 +169,39 @@ class HostLog:
         return spans[-1][0] if spans else -1.0
 
 
+def expected_end(record: dict[str, Any], time_scale: float) -> float:
+    """When the emulator will finish a call, by its own timing model (epoch seconds)."""
+    body = record.get("body") if isinstance(record.get("body"), dict) else {}
+    try:
+        width, height = (int(v) for v in str(body.get("size")).split("x"))
+        quality = str(body.get("quality") or "auto")
+        seconds = duration_s(width, height, quality if quality in QUALITY_SECONDS else "auto")
+    except ValueError:
+        seconds = 0.0
+    return epoch(str(record["time"])) + seconds * time_scale
+
+
 def calls_in_flight_on(
-    host: HostLog, others: list[HostLog], records: list[dict[str, Any]]
+    host: HostLog,
+    others: list[HostLog],
+    records: list[dict[str, Any]],
+    *,
+    time_scale: float,
+    min_left_s: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Pending emulator calls that `host` made, as far as the logs can tell.
+    """Pending emulator calls that `host` made, as far as the logs can tell, with at least
+    `min_left_s` to go (so a SIGKILL sent now lands mid-stream, not after the last byte).
 
     A call for request X is `host`'s when `host` began work on X before the call arrived and has
     not finished it, and no other host began work on X later (the request's lease admits one
     delivery at a time, so the latest starter is the one calling).
     """
     mine = []
+    now = time.time()
     for record in records:
         if record.get("outcome") != "pending":
+            continue
+        if expected_end(record, time_scale) - now < min_left_s:
             continue
         request_id = call_id(record)
         if request_id is None:
