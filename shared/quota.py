@@ -130,12 +130,27 @@ class BlobQuota:
     def acquire(self, name: str, limit: int, window_s: float | None = None) -> float:
         """Record a send for `name` if its window has room: 0.0, else the seconds until it has."""
         window_s = self._window_s if window_s is None else window_s
+        known_wait = self._known_full(name, limit, window_s)
+        if known_wait > 0:
+            return known_wait
 
         def admit(window: SlidingWindow, now: float) -> tuple[SlidingWindow | None, float]:
             after, admission = window.admit(now)
             return (after, 0.0) if admission.allowed else (None, admission.wait_s)
 
         return self._update(name, limit, window_s, admit)
+
+    def _known_full(self, name: str, limit: int, window_s: float) -> float:
+        """The wait, without a round trip, when the window this process last saw is still full.
+
+        What we saw only undercounts the truth (sends are only added; they age out by time), so
+        a full one means the stored one is full too, for at least as long.
+        """
+        seen = self._seen.get(name)
+        if seen is None:
+            return 0.0
+        _, admission = replace(seen, limit=limit, window_s=window_s).admit(self._clock())
+        return 0.0 if admission.allowed else admission.wait_s
 
     def acquire_wait(self, name: str, limit: int) -> float:
         return self.acquire(name, limit)
