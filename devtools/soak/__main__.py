@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, seed=args.seed)
     try:
         result = run_soak(config, args.workdir)
-    except (SoakAborted, TimeoutError) as exc:
+    except (SoakAborted, TimeoutError, ValueError) as exc:
         print(f"soak: could not run: {exc}", file=sys.stderr)
         return 2
     print(render(result))

@@ -112,6 +112,8 @@ def _kill_mid_stream(
             HostLog.read(slot.logs[-1]),
             [HostLog.read(s.logs[-1]) for s in stack.hosts[1:]],
             records,
+            time_scale=stack.config.time_scale,
+            min_left_s=MIN_LEFT_S,
         )
         if mine:
             found["mine"] = mine

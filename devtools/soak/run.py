@@ -45,6 +45,9 @@ class SoakResult:
 
 def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        # Azurite data or logs of another run would be judged as this run's.
+        raise ValueError(f"workdir {workdir} is not empty")
     workload = plan_workload(config)
     started = time.monotonic()
     stack = start_stack(config, workdir)
