@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from devtools.soak.checks import (
     check_writes,
 )
 from devtools.soak.evidence import Evidence, StatusBlob, StoredImage
-from devtools.soak.observe import CallTimes, HostLog
+from devtools.soak.observe import CallTimes, HostLog, calls_in_flight_on
 from devtools.soak.report import render
 from devtools.soak.stack import distinct_free_ports
 from devtools.soak.workload import plan_workload, tag
@@ -226,6 +228,29 @@ def test_host_log_tracks_deliveries_and_logged_calls(tmp_path: Path) -> None:
     assert host.working_on("r2") is not None
     assert host.logged_calls == frozenset({"k1"})
     assert host.running_invocations == 1
+
+
+def test_calls_in_flight_on_a_host_are_the_pending_ones_it_is_working_on(tmp_path: Path) -> None:
+    now = time.time()
+    stamp = datetime.fromtimestamp(now - 1, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    mine, theirs = tmp_path / "a.log", tmp_path / "b.log"
+    mine.write_text(f"[{stamp}] request r1: generate 2048x2048 high n=1 partial_images=0\n")
+    theirs.write_text(f"[{stamp}] request r2: generate 2048x2048 high n=1 partial_images=0\n")
+    calls = [
+        {
+            **_call(r, k, "pending"),
+            "time": stamp,
+            "body": {"prompt": tag(r), "size": "2048x2048", "quality": "high"},
+        }
+        for r, k in (("r1", "k1"), ("r2", "k2"))
+    ]
+    others = [HostLog.read(theirs)]
+    found = calls_in_flight_on(HostLog.read(mine), others, calls, time_scale=1.0, min_left_s=5.0)
+    assert [c["apim_request_id"] for c in found] == ["k1"]
+    # 2048x2048 high takes about 2.4 s at x0.01: begun 1 s ago, it has less than 5 s to go.
+    assert (
+        calls_in_flight_on(HostLog.read(mine), others, calls, time_scale=0.01, min_left_s=5.0) == []
+    )
 
 
 # -- the blob tap against the shared Azurite -----------------------------------------------------
