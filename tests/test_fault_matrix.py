@@ -234,8 +234,15 @@ def matrix(
         yield product, runs
     finally:
         product.host.stop()
-        for name in (product.settings["IMAGE_INPUT_CONTAINERS"], product.container.container_name):
-            product.blobs.delete_container(name)
+        for name in (
+            product.settings["IMAGE_INPUT_CONTAINERS"],
+            product.container.container_name,
+            product.settings["IMAGE_QUOTA_CONTAINER"],
+        ):
+            try:
+                product.blobs.delete_container(name)
+            except ResourceNotFoundError:
+                pass
 
 
 def check_run(run: Run) -> None:
@@ -372,6 +379,11 @@ def test_configuration_error_is_poisoned_never_deleted(
     assert product.read_json(run.request_id, "manifest.json") is None
     product.wait_until_queue_empty(timeout=30)
     assert product.host.alive()
+    # Poisoned by the host after maxDequeueCount failed deliveries, not given up on by the app.
+    assert product.host.log_path is not None
+    log = product.host.log_path.read_text(errors="replace")
+    assert "Message has reached MaxDequeueCount of 5" in log
+    assert "Executing 'Functions.record_poisoned_request'" in log
 
 
 def test_matrix_covers_every_emulator_failure() -> None:
