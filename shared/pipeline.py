@@ -297,12 +297,16 @@ class _Job:
     def _load_inputs(self) -> _Inputs:
         if self.request.operation != "edit":
             return (), None
-        images = tuple(self._input_file(path) for path in self.request.input_images or ())
-        mask = self._input_file(self.request.mask) if self.request.mask else None
+        paths = self.request.input_images or []
+        images = tuple(self._input_file(path, f"input_images[{i}]") for i, path in enumerate(paths))
+        mask = self._input_file(self.request.mask, "mask") if self.request.mask else None
         return images, mask
 
-    def _input_file(self, path: str) -> InputFile:
-        name, data = self.rt.store.read_input(path)
+    def _input_file(self, path: str, field_name: str) -> InputFile:
+        try:
+            name, data = self.rt.store.read_input(path)
+        except InputNotFound as exc:
+            raise InputNotFound(f"{field_name}: {exc}") from None
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else "png"
         return InputFile(name, data, INPUT_CONTENT_TYPES.get(ext, "application/octet-stream"))
 

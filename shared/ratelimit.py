@@ -90,9 +90,9 @@ class SlidingWindow:
         placeholder = expires - self.window_s
         if placeholder <= now - self.window_s:
             return window  # the server's window resets now: nothing to hold back
-        sent = window.sent
-        for _ in range(missing):
-            sent = _insert(sent, placeholder)
+        # One splice, not `missing` inserts: a large limit must not make this quadratic.
+        at = bisect.bisect_right(window.sent, placeholder)
+        sent = (*window.sent[:at], *(placeholder,) * missing, *window.sent[at:])
         return replace(window, sent=sent)
 
 

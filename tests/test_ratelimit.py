@@ -184,3 +184,12 @@ def test_limiter_admits_exactly_the_limit_under_concurrency() -> None:
     assert results.count(0.0) == 100
     snapshot = limiter.snapshot("shared")
     assert snapshot is not None and len(snapshot.sent) == 100
+
+
+def test_padding_a_large_limit_is_one_splice_not_quadratic() -> None:
+    window = SlidingWindow(limit=100_000, window_s=60.0, sent=(5.0,))
+    padded = window.observe_headers(10.0, remaining=0, reset_s=1.0)
+    assert len(padded.sent) == 100_000
+    assert padded.sent == tuple(sorted(padded.sent))
+    # Placeholders sit where they expire when the server's window resets (1 s from now).
+    assert padded.sent[-1] == 5.0 and set(padded.sent[:-1]) == {10.0 + 1.0 - 60.0}
