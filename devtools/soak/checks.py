@@ -117,7 +117,10 @@ def check_images(evidence: Evidence, workload: Workload) -> list[Violation]:
             if stored.metadata.get("request_id") != request_id:
                 found.append(Violation("images", f"{name}: metadata request_id is wrong"))
     for name in evidence.images:
-        request_id = IMAGE_BLOB.match(name)["id"]  # type: ignore[index]
+        match = IMAGE_BLOB.match(name)
+        if match is None:
+            continue
+        request_id = match["id"]
         manifest = evidence.manifests.get(request_id)
         if manifest is not None and name not in {
             str(i.get("blob")) for i in _listed_images(manifest)

@@ -133,8 +133,8 @@ class HostLog:
             m = _LINE.match(line)
             body = m["text"] if m else line  # a traceback's lines carry no timestamp
             at = epoch(m["at"]) if m else None
-            if m and (s := _STARTED.match(body)):
-                deliveries.setdefault(s["id"], []).append((at, None))  # type: ignore[arg-type]
+            if at is not None and (s := _STARTED.match(body)):
+                deliveries.setdefault(s["id"], []).append((at, None))
             elif (e := _ENDED.match(body) or _FAILED.match(body)) and deliveries.get(e["id"]):
                 began, ended = deliveries[e["id"]][-1]
                 if ended is None:

@@ -23,7 +23,7 @@ def rows(result: SoakResult) -> list[tuple[str, str]]:
     per_blob = Counter(w.blob for w in image_writes if w.maybe_applied)
     kills = e.disruptions.kills
     downtime = sum(o.downtime_s for o in e.disruptions.outages)
-    restarts = sum(len(h) for h in [[x for x in e.hosts if x.incarnation > 1]])
+    restarts = sum(1 for h in e.hosts if h.incarnation > 1)
     return [
         ("requests", str(result.config.requests)),
         ("succeeded (manifest.json)", str(len(e.manifests))),

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _submit_all(stack: SoakStack, workload: Workload) -> None:
         client.submit(request.body)
 
 
-def _progress_counter(stack: SoakStack):  # type: ignore[no-untyped-def]
+def _progress_counter(stack: SoakStack) -> Callable[[], int | None]:
     """Requests with a terminal record, or None while Storage does not answer."""
     container = stack.container(**QUICK)
 
@@ -139,7 +140,7 @@ def _progress_counter(stack: SoakStack):  # type: ignore[no-untyped-def]
     return count
 
 
-def _drain(stack: SoakStack, progress, config: SoakConfig) -> bool:  # type: ignore[no-untyped-def]
+def _drain(stack: SoakStack, progress: Callable[[], int | None], config: SoakConfig) -> bool:
     """Every request terminal, both queues empty (invisible messages included), no lock held."""
     queue, poison = stack.queue(**QUICK), stack.queue(f"{QUEUE}-poison", **QUICK)
     container = stack.container(**QUICK)
