@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import requests
-from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from shared.attempts import utc_now
 from shared.image_api import ImageApi
@@ -61,23 +57,6 @@ def quota_gate(settings: Settings, blobs: BlobServiceClient) -> QuotaGate:
     return BlobQuota.for_service(blobs, settings.quota_container, window_s=window_s)
 
 
-# Enough pooled connections per storage host for every invocation a worker runs at once (the
-# thread pool tops out at 32); the SDK's default keeps 10 and discards the rest after each use.
-STORAGE_POOL_SIZE = 64
-
-
-def pooled_transport(pool_size: int = STORAGE_POOL_SIZE) -> RequestsTransport:
-    """One HTTP session for the worker's storage clients, with retries left to the SDK's policy."""
-    session = requests.Session()
-    adapter = HTTPAdapter(
-        pool_maxsize=pool_size,
-        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-    )
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
-
-
 def _identity():  # type: ignore[no-untyped-def]
     from azure.identity import DefaultAzureCredential
 
@@ -103,9 +82,8 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        transport = pooled_transport()
-        queues = queue_service(settings.storage, transport=transport)
-        blobs = blob_service(settings.storage, transport=transport)
+        queues = queue_service(settings.storage)
+        blobs = blob_service(settings.storage)
         return cls(
             settings=settings,
             store=RequestStore(blobs, settings.images_container),
