@@ -7,7 +7,7 @@ import hashlib
 import os
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,19 +253,34 @@ def test_calls_in_flight_on_a_host_are_the_pending_ones_it_is_working_on(tmp_pat
     )
 
 
-# -- the blob tap against the shared Azurite -----------------------------------------------------
+# -- the blob tap against an Azurite -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def private_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """An Azurite of this module's own (its blob port): the tap's timing is not at the mercy of
+    whatever load the other test runs put on the shared one."""
+    blob, queue, table = distinct_free_ports(3)
+    service = azurite.start_azurite(
+        blob_port=blob, queue_port=queue, table_port=table,
+        log_path=tmp_path_factory.mktemp("azurite") / "azurite.log",
+    )  # fmt: skip
+    try:
+        yield blob
+    finally:
+        service.stop()
 
 
 def test_blob_tap_logs_each_write_with_its_content_and_refuses_while_paused(
-    azurite_connection_string: str, unique_name: Callable[[str], str]
+    private_azurite: int,
 ) -> None:
     (port,) = distinct_free_ports(1)
-    tap = BlobTap(port, upstream_port=azurite.BLOB_PORT).start()
+    tap = BlobTap(port, upstream_port=private_azurite).start()
     try:
         via_tap = azurite.connection_string(blob_port=port)
-        container = BlobServiceClient.from_connection_string(via_tap).get_container_client(
-            unique_name("tap")
-        )
+        # No client retries: a write the tap mishandled must show up as itself, not as a 409.
+        service = BlobServiceClient.from_connection_string(via_tap, retry_total=0)
+        container = service.get_container_client("tap")
         container.create_container()
         container.upload_blob("r1/0.png", b"first", overwrite=True)
         container.upload_blob("r1/0.png", b"second", overwrite=True)
