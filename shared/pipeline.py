@@ -411,6 +411,9 @@ class _Job:
             record.apim_request_id, record.elapsed_s, record.outcome.value,
         )  # fmt: skip
         self._check_lock()
+        # The history first, then the image: a manifest must never list an image without the
+        # call that made it. A crash in between costs a call (the image is made again), not truth.
+        self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
         if result.image is not None:
             self.images[index] = self.rt.store.write_image(
                 self.id,
@@ -420,7 +423,6 @@ class _Job:
                 request_id=self.id,
                 usage=result.usage,
             )
-        self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
 
     def _check_lock(self) -> None:
         if self.lock is not None and self.lock.lost:
