@@ -314,7 +314,7 @@ def _assert_soak_holds(config: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_soak_ci(tmp_path: Path) -> None:
     _assert_soak_holds(CI, tmp_path)
 

@@ -40,4 +40,5 @@ class SoakConfig:
 
 FULL = SoakConfig()
 # CI: the same disruptions on fewer requests (the kills and the outage cost the same either way).
-CI = SoakConfig(requests=90, drain_timeout_s=240.0)
+# Its deadlines (3 x 60 + 150 s) stay under the test's 420 s timeout: a stuck soak fails itself.
+CI = SoakConfig(requests=90, disruption_timeout_s=60.0, drain_timeout_s=150.0)
