@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint fmt emulator azurite demo run bench
+.PHONY: help setup test lint fmt emulator azurite demo run bench soak
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote) and the
 bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m bench $(ARGS)
+
+soak: setup ## Crash soak: 300 requests, two hosts, 2 SIGKILLs mid-stream, a 10 s Azurite outage; prints counts (ARGS="--ci" for 90)
+	$(PY) -m devtools.soak $(ARGS)

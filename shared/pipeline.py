@@ -243,10 +243,35 @@ class _Job:
         known_hash = record.get("request_hash")
         if known_hash is not None and known_hash != self.request.request_hash():
             return self._reject_reused()
+        self._repair_status(record)
         log.info(
             "request %s already has %s.json; delivery acknowledged without work", self.id, terminal
         )
         return Result.SKIPPED
+
+    def _repair_status(self, record: dict[str, Any]) -> None:
+        """Make status.json agree with the terminal record a dead or lease-less delivery left.
+
+        The record is written before the final status; a delivery killed in between, or whose
+        lease lapsed (a Storage outage), leaves `running` behind. Its redelivery ends here.
+        """
+        final = record.get("status")
+        status = self.rt.store.read_json(self.id, "status.json") or {}
+        if status.get("status") == final or final not in {s.value for s in Status}:
+            return
+        doc = status_doc(
+            self.id,
+            Status(final),
+            updated_at=iso_utc(self.rt.now()),
+            images_done=len(record.get("images") or []),
+            attempts=attempts_from_status(record),
+            request_hash=record.get("request_hash"),
+            created_at=record.get("created_at"),
+        )
+        try:
+            self.rt.store.write_status(self.id, doc)
+        except LockHeld:
+            log.info("request %s: status.json is leased; its holder will finish it", self.id)
 
     def _reject_reused(self) -> Result:
         message = f"id: {self.id!r} is already used by a different request; choose a new id"

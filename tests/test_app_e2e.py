@@ -15,6 +15,8 @@ from conftest import Emulator
 from PIL import Image
 from product_stack import Product
 
+from devtools.services import wait_until
+
 pytestmark = pytest.mark.slow
 
 
@@ -280,3 +282,26 @@ def test_a_long_request_continues_in_fresh_invocations_without_regenerating(
     assert [a["image_index"] for a in manifest["attempts"]] == [0, 1, 2]
     invocations = product.host.log_tail(500).count("Executing 'Functions.process_image_request'")
     assert invocations >= 3
+
+
+def test_a_redelivery_repairs_a_status_left_running_beside_a_manifest(product: Product) -> None:
+    """A delivery killed between manifest.json and its last status write leaves `running`."""
+    request = {"id": f"stale-{uuid.uuid4().hex[:6]}", "prompt": prompt("stale"), "quality": "low"}
+    product.client.submit(request)
+    assert product.wait_terminal(request["id"])["status"] == "succeeded"
+    product.wait_until_queue_empty()
+    status = product.read_json(request["id"], "status.json")
+    assert status is not None
+    product.container.upload_blob(
+        f"{request['id']}/status.json", json.dumps({**status, "status": "running"}), overwrite=True
+    )
+    product.client.submit(request)  # the redelivery: same body, same id
+    wait_until(
+        lambda: (
+            (product.read_json(request["id"], "status.json") or {}).get("status") == "succeeded"
+        ),
+        30,
+        interval=0.1,
+        what="status.json repaired",
+    )
+    assert "already has manifest.json" in product.host.log_tail(200)
