@@ -338,6 +338,7 @@ class _Job:
     def _generate(self, index: int, inputs: _Inputs) -> Result | None:
         """Attempt image `index` until it exists, or return how this delivery ends."""
         while True:
+            self._check_lock()  # A call made without the lease may be made again by its new holder.
             if self._over_budget():
                 # Stay well inside functionTimeout: the rest continues in a fresh invocation.
                 return self._continue_later(1, "the invocation's time budget is used")

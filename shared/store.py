@@ -143,6 +143,9 @@ class _Lease(Protocol):
     def release(self, **kwargs: Any) -> None: ...
 
 
+RETRY_RENEW_S = 1.0  # how soon a failed renewal is tried again
+
+
 class RequestLock:
     """A held lease on `{id}/status.json`, renewed from a daemon thread until released.
 
@@ -226,11 +229,15 @@ class RequestLock:
         self.release()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self._renew_every_s):
+        wait_s = self._renew_every_s
+        while not self._stop.wait(wait_s):
             # The lease runs from when Storage got the request: count from before sending it.
             sent_at = self._clock()
+            # After a failure, try again within a second instead of a third of the lease later;
+            # and no SDK retries inside a renewal (their back-off alone can outlast a 15 s lease).
+            wait_s = min(RETRY_RENEW_S, self._renew_every_s)
             try:
-                self._lease.renew()
+                self._lease.renew(retry_total=0)
             except HttpResponseError as exc:
                 if exc.status_code in (409, 412):
                     # Broken, or held under another id: Storage says it is not ours any more.
@@ -242,6 +249,7 @@ class RequestLock:
             else:
                 self._last_renewed = sent_at
                 self._renewals += 1
+                wait_s = self._renew_every_s
             if self.lost:
                 return
 
