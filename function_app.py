@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.pipeline import process_message, record_poisoned
+from shared.pipeline import process_message
+from shared.poisoned import record_poisoned
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -16,7 +17,9 @@ app = func.FunctionApp()
 runtime = Runtime.from_settings(Settings.from_env())
 
 
-@app.queue_trigger(arg_name="msg", queue_name="%IMAGE_REQUESTS_QUEUE%", connection="AzureWebJobsStorage")
+@app.queue_trigger(
+    arg_name="msg", queue_name="%IMAGE_REQUESTS_QUEUE%", connection="AzureWebJobsStorage"
+)
 def process_image_request(msg: func.QueueMessage) -> None:
     """One generation request: images and manifest.json, or error.json, or a continuation."""
     process_message(msg.get_body(), msg.id, runtime)

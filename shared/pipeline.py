@@ -7,7 +7,6 @@ after `maxDequeueCount`, a poison message. Nothing is acknowledged without a rec
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -21,7 +20,6 @@ from shared.contract import (
     GenerationRequest,
     InvalidMessage,
     body_id,
-    decode_body,
     parse_message,
 )
 from shared.image_api import ImageCall, InputFile
@@ -37,7 +35,7 @@ from shared.records import (
 from shared.retry import FailInvocation, GiveUp, Requeue, RetryNow, Succeeded
 from shared.router import NoneUsable, Use, WaitFor
 from shared.runtime import Runtime
-from shared.store import ImageInfo, InputNotFound, LeaseLost, LockHeld, RequestLock
+from shared.store import ImageInfo, InputNotFound, LockHeld, RequestLock
 
 log = logging.getLogger("imagegen.pipeline")
 
@@ -85,75 +83,6 @@ def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
     return _Job(request, message_id, rt).run()
 
 
-def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
-    """Turn a poison message into error.json kind `poisoned` (unless the request succeeded).
-
-    Never raises because of the message's content: whatever is on the poison queue gets a record.
-    The whole body is kept in `input` so `requeue-poison` can send it again.
-    """
-    rt.ensure_ready()
-    request: GenerationRequest | None = None
-    with contextlib.suppress(InvalidMessage):
-        request = parse_message(
-            body, message_id=message_id, input_containers=rt.settings.input_containers
-        )
-    request_id = request.id if request is not None and body_id(body) is not None else None
-    record_id = request_id or message_id
-    if rt.store.terminal(record_id) == "manifest":
-        log.info(
-            "poisoned message %s: request %s already succeeded; nothing to record",
-            message_id,
-            record_id,
-        )
-        return Result.SKIPPED
-    status = rt.store.read_json(record_id, "status.json") if request_id else None
-    attempts = attempts_from_status(status)
-    last = attempts[-1] if attempts else None
-    reason = (
-        f"the host gave up after repeated failed deliveries; last attempt: {last.outcome.value}"
-        + (f" (HTTP {last.http_status}: {last.error.message})" if last and last.error else "")
-        if last
-        else "the host gave up after repeated failed deliveries"
-    )
-    if request_id is None:
-        reason += "; the original id is unknown (the message carried none), so this record is filed under the poison message's id"
-    now = iso_utc(rt.now())
-    doc = error_doc(
-        record_id,
-        status=Status.FAILED,
-        kind=ErrorKind.POISONED,
-        message=reason,
-        created_at=(status or {}).get("created_at", now),
-        completed_at=now,
-        request=request.model_dump(mode="json") if request else None,
-        request_hash=request.request_hash() if request else None,
-        attempts=attempts,
-        metadata=dict(request.metadata) if request else None,
-        input_text=quote_input(body, limit=None),
-        queue_message_id=message_id,
-    )
-    if not rt.store.create_record(record_id, "error.json", doc):
-        log.info("poisoned message %s: %s already has a terminal record", message_id, record_id)
-        return Result.SKIPPED
-    try:
-        rt.store.write_status(
-            record_id,
-            status_doc(
-                record_id,
-                Status.FAILED,
-                updated_at=now,
-                images_done=0,
-                attempts=attempts,
-                detail=reason,
-            ),
-        )
-    except (LockHeld, LeaseLost):
-        # An abandoned delivery still holds the lease; error.json is the record that counts.
-        log.info("request %s: status.json is leased; left as it is", record_id)
-    log.warning("request %s poisoned: %s", record_id, reason)
-    return Result.FAILED
-
-
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:
     """No retry can fix a message that breaks the contract: record why and acknowledge it."""
     record_id = _valid_own_id(body) or message_id
@@ -179,13 +108,8 @@ def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt:
 
 def _valid_own_id(body: bytes | str) -> str | None:
     """The message's own id if it is a valid id, so a producer finds the rejection where it looks."""
-    try:
-        candidate = decode_body(body).get("id")
-    except InvalidMessage:
-        return None
-    if isinstance(candidate, str) and re.fullmatch(ID_PATTERN, candidate):
-        return candidate
-    return None
+    candidate = body_id(body)
+    return candidate if candidate is not None and re.fullmatch(ID_PATTERN, candidate) else None
 
 
 _Inputs = tuple[tuple[InputFile, ...], InputFile | None]  # edit: the images and the mask
