@@ -10,7 +10,11 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed node_modules/.installed ## Create .venv and install Python and npm dependencies (quick when nothing changed)
+setup: $(VENV)/.installed node_modules/.installed local.settings.json ## Create .venv, install Python and npm dependencies, local.settings.json (quick when nothing changed)
+
+# Core Tools and the CLI read local.settings.json; it is yours to edit, so it is made only if missing.
+local.settings.json:
+	cp local.settings.example.json $@
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

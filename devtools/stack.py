@@ -132,10 +132,18 @@ def local_stack(
         yield stack
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     """`make run`: the stack in the foreground until Ctrl-C (real-time clock, no random faults)."""
+    import signal
     import sys
 
+    # SIGTERM stops the stack as Ctrl-C does: every child is stopped by its pid on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         with local_stack(time_scale=1.0, fault_rate=0.0) as stack:
             host = stack.services[-1]
