@@ -6,6 +6,7 @@ never change the next row's peak RSS, and a hopeless peer can be killed at its t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,16 +14,18 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 # The child's result is the last stdout line that starts with this, so stray prints cannot break it.
 RESULT_PREFIX = "BENCH-RESULT "
+
+ConfigT = TypeVar("ConfigT")
 
 __all__ = [
     "MIB",
@@ -31,6 +34,7 @@ __all__ = [
     "ChildOutcome",
     "ChildResult",
     "ChildTimedOut",
+    "bench_parser",
     "cpu_seconds",
     "current_rss_kib",
     "emit_result",
@@ -43,6 +47,8 @@ __all__ = [
     "proc_cpu_seconds",
     "proc_status_kib",
     "run_child",
+    "run_cli",
+    "verdict",
 ]
 
 
@@ -54,24 +60,22 @@ def peak_rss_kib() -> int:
     parent's peak. VmHWM is the high-water mark of this program's own address space, so it is read
     first; `ru_maxrss` is the fallback where /proc is missing.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    own = _own_status_kib("VmHWM")
+    return own if own is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def current_rss_kib() -> int:
     """Resident memory now, in KiB: a baseline that a transient peak during imports does not lift."""
+    own = _own_status_kib("VmRSS")
+    return own if own is not None else peak_rss_kib()
+
+
+def _own_status_kib(field: str) -> int | None:
+    """A memory line of this process's status; None where /proc is missing or lacks it."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return peak_rss_kib()
+        return proc_status_kib("self", field)
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
 
 
 def cpu_seconds() -> float:
@@ -177,8 +181,8 @@ def epoch_from_iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def proc_status_kib(pid: int, field: str) -> int:
-    """A memory line of another process's /proc/<pid>/status (`VmHWM`, `VmRSS`), in KiB."""
+def proc_status_kib(pid: int | Literal["self"], field: str) -> int:
+    """A memory line of a process's /proc/<pid>/status (`VmHWM`, `VmRSS`), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -194,9 +198,45 @@ def proc_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def print_header(module: str, setup: str, argv: Sequence[str] | None = None) -> None:
-    """The lines BENCHMARKS.md records with every table: machine, command, setup."""
+def print_header(
+    module: str, setup: str, argv: Sequence[str] | None = None, label: str = "setup"
+) -> None:
+    """The lines BENCHMARKS.md records with every table: machine, command, setup.
+
+    `label` names the setup line: the SSE benchmark's setup is the stream it serves.
+    """
     args = sys.argv[1:] if argv is None else argv
     print(f"machine: {machine_summary()}")
     print(f"command: python -m bench.{module} {' '.join(args)}".rstrip())
-    print(f"setup: {setup}\n")
+    print(f"{label}: {setup}\n")
+
+
+def verdict(met: bool) -> str:
+    """How a target line ends, the same words in every table BENCHMARKS.md quotes."""
+    return "MET" if met else "NOT MET"
+
+
+def bench_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `python -m bench.<module>`; its help is the module's docstring."""
+    return argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc)
+
+
+def run_cli(
+    module: str,
+    parser: argparse.ArgumentParser,
+    argv: Iterable[str] | None,
+    config_type: Callable[..., ConfigT],
+    describe: Callable[[ConfigT], str],
+    run: Callable[[ConfigT], object],
+) -> int:
+    """A benchmark's `main`: parse, print the header with the command as given, run the config.
+
+    Every option's dest is a field of `config_type`, so the parsed options are its keywords and no
+    benchmark copies them over one by one. The header echoes `argv` when it is given (as
+    `python -m bench` passes `[]`), so the command line recorded is the one that produced the table.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    config = config_type(**vars(parser.parse_args(arguments)))
+    print_header(module, describe(config), arguments)
+    run(config)
+    return 0

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bench._common import (
     MIB,
+    bench_parser,
     epoch_from_iso,
     format_table,
     percentile,
-    print_header,
     proc_cpu_seconds,
+    run_cli,
 )
-from bench.stack import StackOptions, bench_stack
+from bench.stack import StackOptions, add_stack_options, bench_stack
 from emulators.image_deployment.images import ImageKey, target_bytes
 
 PROMPT = "a lighthouse on a cliff at dusk, benchmark"  # one prompt: the emulator draws it once
@@ -117,14 +117,9 @@ def run(config: Config, out: TextIO = sys.stdout) -> Report:
         if stack.azurite is not None:
             processes["storage"] = stack.azurite
         cpu0 = {name: proc_cpu_seconds(p.pid) for name, p in processes.items()}
-        submitted: dict[str, float] = {}
-        for _ in range(config.requests):
-            at = time.time()
-            submitted[stack.client.submit(request)] = at
-        print(f"  submitted {config.requests} requests; waiting", file=sys.stderr)
-        stack.wait_finished(set(submitted), config.timeout_s)
+        submitted = stack.submit_and_wait(request, config.requests, config.timeout_s)
         cpu = {name: proc_cpu_seconds(p.pid) - cpu0[name] for name, p in processes.items()}
-        records = {rid: stack.read_record(rid) for rid in submitted}
+        records = stack.read_records(submitted)
     timings = tuple(timing_of(records[rid], at) for rid, at in submitted.items())
     last = max(epoch_from_iso(r["completed_at"]) for r in records.values())
     image_bytes = max(
@@ -178,37 +173,27 @@ def render(report: Report) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.end_to_end", description=__doc__)
+    parser = bench_parser("end_to_end", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
     parser.add_argument("--image-mib", type=float, default=defaults.image_mib)
     parser.add_argument("--size", default=defaults.size)
     parser.add_argument("--quality", default=defaults.quality)
     parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
-    parser.add_argument("--threads", type=int, default=None, help="PYTHON_THREADPOOL_THREAD_COUNT")
     parser.add_argument(
-        "--connection-string", default=None, help="an Azurite to use (default: start one)"
+        "--threads",
+        dest="thread_count",
+        metavar="THREADS",
+        type=int,
+        default=None,
+        help="PYTHON_THREADPOOL_THREAD_COUNT",
     )
-    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    add_stack_options(parser, defaults.timeout_s)
     return parser
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(arguments)
-    config = Config(
-        requests=args.requests,
-        image_mib=args.image_mib,
-        size=args.size,
-        quality=args.quality,
-        time_scale=args.time_scale,
-        thread_count=args.threads,
-        connection_string=args.connection_string,
-        timeout_s=args.timeout_s,
-    )
-    print_header("end_to_end", config_line(config), arguments)
-    run(config)
-    return 0
+    return run_cli("end_to_end", _parser(), argv, Config, config_line, run)
 
 
 def config_line(config: Config) -> str:

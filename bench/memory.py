@@ -25,8 +25,15 @@ from typing import TextIO
 
 import requests
 
-from bench._common import MIB, format_table, print_header, proc_status_kib
-from bench.stack import API_KEY, DEPLOYMENT, BenchStack, StackOptions, bench_stack
+from bench._common import MIB, bench_parser, format_table, proc_status_kib, run_cli
+from bench.stack import (
+    API_KEY,
+    DEPLOYMENT,
+    BenchStack,
+    StackOptions,
+    add_stack_options,
+    bench_stack,
+)
 from shared.settings import DEFAULT_API_VERSION
 
 PROMPT = "a harbour city at night, memory benchmark"
@@ -130,11 +137,9 @@ def run(config: Config, out: TextIO = sys.stdout) -> Report:
         warm_emulator(stack, config)
         baseline = stack.host_memory_kib("VmRSS")
         with Sampler(stack.host.pid) as sampler:
-            ids = {stack.client.submit(request) for _ in range(config.requests)}
-            print(f"  submitted {config.requests} requests; waiting", file=sys.stderr)
-            stack.wait_finished(ids, config.timeout_s)
+            ids = stack.submit_and_wait(request, config.requests, config.timeout_s)
         peak = stack.host_memory_kib("VmHWM")
-        records = [stack.read_record(rid) for rid in ids]
+        records = stack.read_records(ids).values()
     succeeded = sum(r.get("status") == "succeeded" for r in records)
     image_bytes = max((int(i["bytes"]) for r in records for i in r.get("images", [])), default=0)
     report = Report(config.requests, succeeded, image_bytes, baseline, peak, sampler.peak_kib)
@@ -158,7 +163,7 @@ def render(report: Report) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser = bench_parser("memory", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
     parser.add_argument("--size", default=defaults.size)
@@ -166,8 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--partial-images", type=int, default=defaults.partial_images)
     parser.add_argument("--payload-scale", type=float, default=defaults.payload_scale)
     parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
-    parser.add_argument("--connection-string", default=None, help="an Azurite to use")
-    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    add_stack_options(parser, defaults.timeout_s)
     return parser
 
 
@@ -180,21 +184,7 @@ def config_line(config: Config) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(arguments)
-    config = Config(
-        requests=args.requests,
-        size=args.size,
-        quality=args.quality,
-        partial_images=args.partial_images,
-        payload_scale=args.payload_scale,
-        time_scale=args.time_scale,
-        connection_string=args.connection_string,
-        timeout_s=args.timeout_s,
-    )
-    print_header("memory", config_line(config), arguments)
-    run(config)
-    return 0
+    return run_cli("memory", _parser(), argv, Config, config_line, run)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bench._common import epoch_from_iso, format_table, print_header
-from bench.stack import StackOptions, bench_stack
+from bench._common import bench_parser, epoch_from_iso, format_table, run_cli, verdict
+from bench.stack import StackOptions, add_stack_options, bench_stack
 
 TARGET = 0.95
 EMULATED_MINUTE_S = 60.0
@@ -126,14 +125,10 @@ def measure(config: Config, scope: str, size: str, quality: str) -> Report:
     )
     request = {"prompt": PROMPT, "size": size, "quality": quality}
     with bench_stack(options) as stack:
-        first_submit = time.time()
-        ids = {stack.client.submit(request) for _ in range(config.requests)}
-        print(
-            f"  {size} {quality}, {scope}: submitted {config.requests} requests; waiting",
-            file=sys.stderr,
+        submitted = stack.submit_and_wait(
+            request, config.requests, config.timeout_s, label=f"{size} {quality}, {scope}: "
         )
-        stack.wait_finished(ids, config.timeout_s)
-        records = {rid: stack.read_record(rid) for rid in ids}
+        records = stack.read_records(submitted)
         statuses = Counter(int(r["status"]) for r in stack.emulator_requests() if r["status"])
     completions, succeeded, limited = _records(records)
     return Report(
@@ -144,7 +139,7 @@ def measure(config: Config, scope: str, size: str, quality: str) -> Report:
         config.rpm,
         config.window_s,
         tuple(completions),
-        first_submit,
+        min(submitted.values()),
         dict(statuses),
         limited,
     )
@@ -164,29 +159,43 @@ def render(reports: Iterable[Report]) -> str:
     )  # fmt: skip
     lines = [table, "", f"(minutes are the scaled clock's: {reports[0].window_s:g} s)"]
     for r in reports:
-        verdict = "MET" if r.met else "NOT MET"
         lines.append(
-            f"target ({r.workload}, {r.scope}): use of limit >= {TARGET} with every request succeeded: {verdict}"
+            f"target ({r.workload}, {r.scope}): use of limit >= {TARGET} with every request "
+            f"succeeded: {verdict(r.met)}"
         )
     return "\n".join(lines)
 
 
+def _workloads(text: str) -> tuple[tuple[str, str], ...]:
+    """`256x256:low,1024x1024:low` -> (size, quality) pairs."""
+    return tuple(
+        (size, quality) for size, _, quality in (w.strip().partition(":") for w in text.split(","))
+    )
+
+
+def _scopes(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.quota_use", description=__doc__)
+    parser = bench_parser("quota_use", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
     parser.add_argument("--rpm", type=int, default=defaults.rpm)
     parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
     parser.add_argument(
         "--workloads",
+        type=_workloads,
         default=",".join(f"{size}:{quality}" for size, quality in defaults.workloads),
         help="SIZE:QUALITY,... e.g. 256x256:low,1024x1024:low",
     )
     parser.add_argument(
-        "--scopes", default=",".join(defaults.scopes), help="IMAGE_QUOTA_SCOPE values to measure"
+        "--scopes",
+        type=_scopes,
+        default=",".join(defaults.scopes),
+        help="IMAGE_QUOTA_SCOPE values to measure",
     )
-    parser.add_argument("--connection-string", default=None, help="an Azurite to use")
-    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    add_stack_options(parser, defaults.timeout_s)
     return parser
 
 
@@ -200,23 +209,7 @@ def config_line(config: Config) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(arguments)
-    config = Config(
-        requests=args.requests,
-        rpm=args.rpm,
-        time_scale=args.time_scale,
-        workloads=tuple(
-            (size, quality)
-            for size, _, quality in (w.strip().partition(":") for w in args.workloads.split(","))
-        ),
-        scopes=tuple(part.strip() for part in args.scopes.split(",") if part.strip()),
-        connection_string=args.connection_string,
-        timeout_s=args.timeout_s,
-    )
-    print_header("quota_use", config_line(config), arguments)
-    run(config)
-    return 0
+    return run_cli("quota_use", _parser(), argv, Config, config_line, run)
 
 
 if __name__ == "__main__":

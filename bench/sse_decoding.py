@@ -39,13 +39,15 @@ from bench._common import (
     ChildFailed,
     ChildResult,
     ChildTimedOut,
+    bench_parser,
     cpu_seconds,
     current_rss_kib,
     emit_result,
     format_table,
-    machine_summary,
     peak_rss_kib,
+    print_header,
     run_child,
+    verdict,
 )
 
 PARTIALS = 3
@@ -195,6 +197,17 @@ def _take(data: str | bytes, sink: Sink) -> bool:
     return str(payload["type"]) == COMPLETED
 
 
+def _take_events(events: Iterable[Any], sink: Sink) -> None:
+    """`_take` each event's data until the completed event; an event without data carries no image.
+
+    The peers that parse events (openai, sseclient-py, requests-sse) differ only in how they make
+    them, so they share this loop: what differs between their rows is the parser alone.
+    """
+    for event in events:
+        if event.data and _take(event.data, sink):
+            return
+
+
 def _floor() -> Decoder:
     import requests
 
@@ -249,10 +262,7 @@ def _openai() -> Decoder:
 
     def decode(url: str, sink: Sink, timeout_s: float) -> None:
         with requests.get(url, stream=True, timeout=timeout_s) as response:
-            chunks = response.iter_content(PROJECT_CHUNK_BYTES)
-            for event in SSEDecoder().iter_bytes(chunks):
-                if event.data and _take(event.data, sink):
-                    return
+            _take_events(SSEDecoder().iter_bytes(response.iter_content(PROJECT_CHUNK_BYTES)), sink)
 
     return decode
 
@@ -264,11 +274,10 @@ def _sseclient() -> Decoder:
     def decode(url: str, sink: Sink, timeout_s: float) -> None:
         # Same 64 KiB iterator as the project; `SSEClient(response)` as its README shows would
         # iterate the Response in 128-byte chunks, which is only slower.
+        # sseclient-py never dispatches an event without data, so `_take_events`' check is moot.
         with requests.get(url, stream=True, timeout=timeout_s) as response:
             client = sseclient.SSEClient(response.iter_content(PROJECT_CHUNK_BYTES))
-            for event in client.events():
-                if _take(event.data, sink):
-                    return
+            _take_events(client.events(), sink)
 
     return decode
 
@@ -279,9 +288,7 @@ def _requests_sse() -> Decoder:
     def decode(url: str, sink: Sink, timeout_s: float) -> None:
         # It reads with response.iter_lines() at requests' default chunk size; no knob for it.
         with EventSource(url, timeout=timeout_s, max_connect_retry=0) as source:
-            for event in source:
-                if event.data and _take(event.data, sink):
-                    return
+            _take_events(source, sink)
 
     return decode
 
@@ -536,9 +543,9 @@ def render(report: Report) -> str:
         peak = f"{t.peak_mib:.1f} MiB" if t.peak_mib is not None else "n/a"
         lines.append(
             f"target at {t.size_mib:g} MiB: time {ratio} of floor (<= {TIME_TARGET_RATIO}x) "
-            f"{'MET' if t.time_met else 'NOT MET'}; peak RSS {peak} "
+            f"{verdict(t.time_met)}; peak RSS {peak} "
             f"(<= {MEMORY_TARGET_IMAGES} x {t.size_mib:g} + {MEMORY_TARGET_EXTRA_MIB} = "
-            f"{t.memory_limit_mib:g} MiB) {'MET' if t.memory_met else 'NOT MET'}"
+            f"{t.memory_limit_mib:g} MiB) {verdict(t.memory_met)}"
         )
     return "\n".join(lines)
 
@@ -559,7 +566,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.sse_decoding", description=__doc__)
+    parser = bench_parser("sse_decoding", __doc__)
     parser.add_argument(
         "--sizes", type=_floats, default=DEFAULT_SIZES, help="image MiB, e.g. 2,8,24"
     )
@@ -586,12 +593,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         seed=args.seed,
         profile=args.profile,
     )
-    print(f"machine: {machine_summary()}")
-    print(f"command: python -m bench.sse_decoding {' '.join(sys.argv[1:])}".rstrip())
-    print(
-        f"stream: {PARTIALS} partial + 1 completed events, each one data: line with an N MiB "
+    # argv=None: the command echoed is sys.argv's, as `python -m bench` sets it for each benchmark.
+    print_header(
+        "sse_decoding",
+        f"{PARTIALS} partial + 1 completed events, each one data: line with an N MiB "
         f"image in base64; chunked, {WRITE_BYTES // 1024} KiB writes over loopback; "
-        f"best of {config.repeat}; peak RSS = the child's VmHWM minus its VmRSS before the request\n"
+        f"best of {config.repeat}; peak RSS = the child's VmHWM minus its VmRSS before the request",
+        label="stream",
     )
     run(config)
     return 0

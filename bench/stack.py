@@ -7,10 +7,13 @@ be passed in, as the smoke tests do). Each process is stopped by its pid on the 
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,7 @@ from devtools.services import REPO_ROOT, Service, free_port, http_ok, python_mod
 from devtools.services import wait_until as _wait_until
 from shared.client import ImageRequestClient
 
-__all__ = ["BenchStack", "StackOptions", "bench_stack"]
+__all__ = ["BenchStack", "StackOptions", "add_stack_options", "bench_stack"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,33 @@ class BenchStack:
         if record is None:
             raise KeyError(request_id)
         return record
+
+    def read_records(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {request_id: self.read_record(request_id) for request_id in ids}
+
+    def submit_and_wait(
+        self, request: Mapping[str, Any], count: int, timeout: float, label: str = ""
+    ) -> dict[str, float]:
+        """Submit `count` copies of `request` at once, wait for all; id -> epoch just before its submit.
+
+        Every benchmark measures from the moment the producer hands a request over, so the time is
+        taken right before each `submit`, not once for the batch. `label` prefixes the progress line.
+        """
+        submitted: dict[str, float] = {}
+        for _ in range(count):
+            at = time.time()
+            submitted[self.client.submit(request)] = at
+        print(f"  {label}submitted {count} requests; waiting", file=sys.stderr)
+        self.wait_finished(set(submitted), timeout)
+        return submitted
+
+
+def add_stack_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
+    """The options every benchmark on the stack ends with: whose Azurite, and how long to wait."""
+    parser.add_argument(
+        "--connection-string", default=None, help="an Azurite to use (default: start one)"
+    )
+    parser.add_argument("--timeout-s", type=float, default=timeout_s)
 
 
 def _emulator_args(port: int, options: StackOptions) -> list[str]:
