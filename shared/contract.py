@@ -1,8 +1,8 @@
 """The queue message, contract v1 (DESIGN.md section 4): decode a body, validate it, encode it back.
 
-Producers put either raw JSON or base64 of it on the queue (host.json says `messageEncoding: none`),
-so `decode_body` accepts both and turns every other body into `InvalidMessage` instead of a crash:
-a malformed message must end as a `rejected` record, never loop into the poison queue unexplained.
+Decoding a body (raw JSON or base64 of it, anything else `InvalidMessage`) is `shared.message_body`'s
+job; this module checks the decoded object against the request's fields. `decode_body`, `body_id`,
+`excerpt`, `InvalidMessage` and `MAX_EXCERPT_BYTES` are re-exported here, so callers keep one import.
 
 Validation is strict (no coercion, unknown fields rejected) and every error names its field first,
 in words a producer can act on; pydantic's own wording is replaced wherever it would be unclear.
@@ -10,15 +10,12 @@ in words a producer can act on; pydantic's own wording is replaced wherever it w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import hashlib
 import json
-import math
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -33,8 +30,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+# Names imported `as` themselves are re-exported: callers keep importing them from the contract.
+from shared.message_body import MAX_EXCERPT_BYTES as MAX_EXCERPT_BYTES
+from shared.message_body import InvalidMessage as InvalidMessage
+from shared.message_body import body_id as body_id
+from shared.message_body import decode_body as decode_body
+from shared.message_body import decode_with_text, json_type, quote
+from shared.message_body import excerpt as excerpt
+
 MAX_MESSAGE_BYTES = 65536  # Azure Storage queues and Azurite: UTF-8 size of the message text
-MAX_EXCERPT_BYTES = 1024  # a rejected record quotes at most this much of its input
 MAX_ERRORS = 20  # a message with thousands of unknown fields still gets a readable error
 DEFAULT_INPUT_CONTAINERS: tuple[str, ...] = ("inputs",)
 
@@ -53,8 +57,6 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _CONTAINER_RE = re.compile(CONTAINER_PATTERN)
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_JSON_WHITESPACE = " \t\n\r"
 
 Operation = Literal["generate", "edit"]
 Quality = Literal["low", "medium", "high", "auto"]
@@ -64,32 +66,9 @@ Moderation = Literal["auto", "low"]
 InputFidelity = Literal["low", "high"]
 
 
-class InvalidMessage(ValueError):
-    """A queue message that breaks the contract; no retry can fix it.
-
-    `errors` are field-first lines (`n: ...`); `message` joins them; `input_excerpt` quotes what was
-    rejected (at most 1 KiB) for the `rejected` record.
-    """
-
-    def __init__(self, errors: str | Iterable[str], *, input_excerpt: str = "") -> None:
-        self.errors: tuple[str, ...] = (errors,) if isinstance(errors, str) else tuple(errors)
-        self.message: str = "; ".join(self.errors)
-        self.input_excerpt: str = input_excerpt
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
-
-
 def _fail(reason: str) -> PydanticCustomError:
     # The template is only "{reason}": braces inside the reason are never re-formatted.
     return PydanticCustomError("contract", "{reason}", {"reason": reason})
-
-
-def _show(value: str, limit: int = 60) -> str:
-    """A string quoted for an error message, cut short so one bad field cannot flood the record."""
-    shown = repr(value if len(value) <= limit else value[:limit] + "…")
-    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _surrogate(value: str) -> str | None:
@@ -119,27 +98,27 @@ def _check_blob_path(value: str, info: ValidationInfo) -> str:
     if value == "":
         raise _fail("must not be empty; expected a blob path 'container/name'")
     if "://" in value or _URL_RE.match(value):
-        raise _fail(f"expected a blob path 'container/name', not a URL: {_show(value)}")
+        raise _fail(f"expected a blob path 'container/name', not a URL: {quote(value)}")
     if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value):
-        raise _fail(f"must not contain control characters, got {_show(value)}")
+        raise _fail(f"must not contain control characters, got {quote(value)}")
     _check_text(value)
     if "\\" in value:
-        raise _fail(f"must not contain backslashes, got {_show(value)}")
+        raise _fail(f"must not contain backslashes, got {quote(value)}")
     if value.startswith("/"):
-        raise _fail(f"expected a blob path 'container/name', not an absolute path: {_show(value)}")
+        raise _fail(f"expected a blob path 'container/name', not an absolute path: {quote(value)}")
     container, _, name = value.partition("/")
     if not name:
-        raise _fail(f"expected a blob path 'container/name', got {_show(value)}")
+        raise _fail(f"expected a blob path 'container/name', got {quote(value)}")
     if not _CONTAINER_RE.fullmatch(container):
         raise _fail(
-            f"{_show(container)} is not a valid container name "
+            f"{quote(container)} is not a valid container name "
             "(3-63 lowercase letters, digits and single hyphens, starting and ending alphanumeric)"
         )
     segments = name.split("/")
     if "" in segments:
-        raise _fail(f"empty path segment ('//' or a trailing '/') in {_show(value)}")
+        raise _fail(f"empty path segment ('//' or a trailing '/') in {quote(value)}")
     if any(segment in (".", "..") for segment in segments):
-        raise _fail(f"'.' and '..' path segments are not allowed, got {_show(value)}")
+        raise _fail(f"'.' and '..' path segments are not allowed, got {quote(value)}")
     if len(name) > MAX_BLOB_NAME:
         raise _fail(f"blob name is {len(name)} characters, over Azure's {MAX_BLOB_NAME}")
     allowed = _allowed_containers(info)
@@ -153,7 +132,7 @@ def _check_blob_path(value: str, info: ValidationInfo) -> str:
 
 def _check_png(value: str) -> str:
     if not value.lower().endswith(".png"):
-        raise _fail(f"must be a PNG blob (a name ending in .png), got {_show(value)}")
+        raise _fail(f"must be a PNG blob (a name ending in .png), got {quote(value)}")
     return value
 
 
@@ -162,11 +141,11 @@ def _check_size(value: str) -> str:
         return value
     match = re.fullmatch(r"([0-9]+)x([0-9]+)", value)
     if match is None or any(len(side) > 1 and side[0] == "0" for side in match.groups()):
-        raise _fail(f"expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {_show(value)}")
+        raise _fail(f"expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {quote(value)}")
     sides = match.groups()
     # int() refuses over 4300 digits; anything past 5 digits is out of range anyway.
     if any(len(side) > 5 for side in sides):
-        raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {_show(value)}")
+        raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {quote(value)}")
     width, height = int(sides[0]), int(sides[1])
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {value}")
@@ -387,7 +366,7 @@ def describe(value: Any) -> str:
     if isinstance(value, float):
         return f"number {value!r}"
     if isinstance(value, str):
-        return f"string {_show(value)}"
+        return f"string {quote(value)}"
     if isinstance(value, list | tuple):
         count = len(value)
         return f"array of {count} item{'' if count == 1 else 's'}" if count else "empty array"
@@ -405,7 +384,7 @@ def _label(key: Any) -> str:
     text = str(key)
     if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
         return text
-    return _show(text, 40)
+    return quote(text, 40)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -428,11 +407,11 @@ def _explain_id(value: str) -> str:
     if len(value) > 128:
         return f"must be at most 128 characters, got {len(value)}"
     if value[0] not in _ID_CHARS or value[0] in "._-":
-        return f"must start with a letter or digit (A-Z, a-z, 0-9), got {_show(value)}"
+        return f"must start with a letter or digit (A-Z, a-z, 0-9), got {quote(value)}"
     bad = next((ch for ch in value if ch not in _ID_CHARS), "")
     return (
         f"may contain only letters, digits, '.', '_' and '-' (pattern {ID_PATTERN}), "
-        f"got {_show(value)} (bad character {_show(bad)})"
+        f"got {quote(value)} (bad character {quote(bad)})"
     )
 
 
@@ -493,146 +472,7 @@ def _messages(exc: ValidationError) -> list[str]:
     return lines
 
 
-# --- decoding, validation, encoding --------------------------------------------------------------
-
-
-def excerpt(value: str | bytes | Any, limit: int = MAX_EXCERPT_BYTES) -> str:
-    """What was rejected, quoted for a record: valid UTF-8, at most `limit` bytes with the marker."""
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", "backslashreplace")
-    elif isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=repr)
-        except (ValueError, TypeError, RecursionError):
-            text = f"<unprintable {type(value).__name__}>"
-    data = text.encode("utf-8", "backslashreplace")
-    if len(data) <= limit:
-        return data.decode("utf-8")
-    marker = f"…[truncated, {len(data)} bytes in all]"
-    keep = limit - len(marker.encode("utf-8"))
-    return data[:keep].decode("utf-8", "ignore") + marker
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return number
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_show(key, 40)}")
-        out[key] = value
-    return out
-
-
-def _loads(text: str) -> tuple[Any, str | None]:
-    """(value, None) or (None, why it is not JSON); never raises, however hostile the text."""
-    try:
-        return (
-            json.loads(
-                text,
-                object_pairs_hook=_unique_keys,
-                parse_constant=_no_constant,
-                parse_float=_finite,
-            ),
-            None,
-        )
-    except json.JSONDecodeError as exc:
-        return None, f"{exc.msg.removesuffix(' at')}: line {exc.lineno} column {exc.colno}"
-    except RecursionError:
-        return None, "nested too deeply"
-    except ValueError as exc:  # duplicate keys, NaN, over-long integers
-        if "integer string conversion" in str(exc):
-            return None, "an integer has more than 4300 digits"
-        return None, str(exc).split("\n", 1)[0][:200]
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if value is None:
-        return "null"
-    return "number"
-
-
-def _decode(body: bytes | str) -> tuple[dict[str, Any], str]:
-    """The JSON object in a body and the text it came from (for quoting)."""
-    if isinstance(body, bytes):
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidMessage(
-                f"body: not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
-                input_excerpt=excerpt(body),
-            ) from None
-    else:
-        text = body
-    text = text.removeprefix("\ufeff")  # a BOM some Windows tools write
-    if text.strip(_JSON_WHITESPACE) == "":
-        raise InvalidMessage("body: empty", input_excerpt=excerpt(text))
-
-    value, why = _loads(text)
-    if why is None and isinstance(value, dict):
-        return value, text
-    # Not a JSON object as it stands: base64 of one (the Functions output binding's encoding)?
-    b64 = "".join(text.split())
-    if why is None and not _B64_RE.fullmatch(b64):
-        raise InvalidMessage(
-            f"body: expected a JSON object, got {_json_type(value)}", input_excerpt=excerpt(text)
-        )
-    decoded, b64_why = _from_base64(b64)
-    if decoded is not None:
-        inner, inner_why = _loads(decoded)
-        if inner_why is None and isinstance(inner, dict):
-            return inner, decoded
-        if inner_why is None:
-            raise InvalidMessage(
-                f"body: expected a JSON object, got {_json_type(inner)} (after base64 decoding)",
-                input_excerpt=excerpt(text),
-            )
-        b64_why = f"as base64 it decodes to text that is not JSON: {inner_why}"
-    if why is None:
-        raise InvalidMessage(
-            f"body: expected a JSON object, got {_json_type(value)}", input_excerpt=excerpt(text)
-        )
-    raise InvalidMessage(
-        f"body: not JSON ({why}), nor base64 of a JSON object ({b64_why})",
-        input_excerpt=excerpt(text),
-    )
-
-
-def _from_base64(text: str) -> tuple[str | None, str]:
-    if not _B64_RE.fullmatch(text) or len(text.rstrip("=")) % 4 == 1 or not text.rstrip("="):
-        return None, "not base64"
-    padded = text.rstrip("=")
-    padded += "=" * (-len(padded) % 4)
-    try:
-        raw = base64.b64decode(padded, validate=True)
-    except binascii.Error:
-        return None, "not base64"
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff"), ""
-    except UnicodeDecodeError:
-        return None, "as base64 it decodes to bytes that are not UTF-8"
-
-
-def decode_body(body: bytes | str) -> dict[str, Any]:
-    """The JSON object a queue message carries, raw or base64; anything else is `InvalidMessage`."""
-    return _decode(body)[0]
+# --- validation, encoding ------------------------------------------------------------------------
 
 
 def validate_request(
@@ -650,7 +490,7 @@ def _validate(
 ) -> GenerationRequest:
     if not isinstance(data, Mapping):
         raise InvalidMessage(
-            f"message: expected a JSON object, got {_json_type(data)}",
+            f"message: expected a JSON object, got {json_type(data)}",
             input_excerpt=excerpt(data if quoted is None else quoted),
         )
     fields = dict(data)
@@ -673,7 +513,7 @@ def parse_message(
     input_containers: Sequence[str] = DEFAULT_INPUT_CONTAINERS,
 ) -> GenerationRequest:
     """A queue message body to a request; the queue message id is the default `id`."""
-    data, text = _decode(body)
+    data, text = decode_with_text(body)
     return _validate(data, message_id, input_containers, quoted=text)
 
 
@@ -766,16 +606,3 @@ def schema_text() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(schema_text())
-
-
-def body_id(body: bytes | str) -> str | None:
-    """The `id` a message body names itself, valid or not; None when it names none or is unreadable.
-
-    The poison handler and requeue-poison need it: a body without its own id took its first queue
-    message id as its folder, which no later copy of the message can know.
-    """
-    try:
-        candidate = decode_body(body).get("id")
-    except InvalidMessage:
-        return None
-    return candidate if isinstance(candidate, str) and candidate else None
