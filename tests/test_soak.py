@@ -1,5 +1,5 @@
 """The crash soak (issue 7): its checks on hand-made evidence, its blob tap against Azurite, and the
-soak itself: a CI-sized run (slow), and the full 300 requests only with SOAK_FULL=1."""
+soak itself: the full 300 requests (slow), or the 90-request run with SOAK_QUICK=1."""
 
 from __future__ import annotations
 
@@ -313,16 +313,20 @@ def _assert_soak_holds(config: Any, tmp_path: Path) -> None:
     assert len(evidence.manifests) + len(evidence.errors) == config.requests
 
 
+# Issue 7 asks for the 300-request soak in CI when it fits in 10 minutes: it takes 75-160 s here.
+# SOAK_QUICK=1 swaps in the 90-request run for a quicker local loop.
+QUICK = os.environ.get("SOAK_QUICK") == "1"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
+@pytest.mark.skipif(not QUICK, reason="the 90-request soak runs with SOAK_QUICK=1")
 def test_soak_ci(tmp_path: Path) -> None:
     _assert_soak_holds(CI, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-@pytest.mark.skipif(
-    os.environ.get("SOAK_FULL") != "1", reason="the full soak runs with SOAK_FULL=1"
-)
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(QUICK, reason="SOAK_QUICK=1 runs the 90-request soak instead")
 def test_soak_full(tmp_path: Path) -> None:
     _assert_soak_holds(FULL, tmp_path)
