@@ -23,7 +23,11 @@ from emulators.functions_host.errors import (
     MissingSettingError,
 )
 from emulators.functions_host.host import thread_count
-from emulators.functions_host.host_config import parse_host_config, parse_timespan
+from emulators.functions_host.host_config import (
+    load_host_config,
+    parse_host_config,
+    parse_timespan,
+)
 from emulators.functions_host.invocation import ReceivedMessage, build_arguments, decode_body
 
 HOST_APPS = Path(__file__).parent / "host_apps"
@@ -103,6 +107,25 @@ def test_local_settings_values_must_be_strings(tmp_path: Path) -> None:
     (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"N": 3}}))
     with pytest.raises(HostStartupError, match=r"Values\.N"):
         load_settings(tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("{not json", "not readable JSON"), ("[1]", "expected a JSON object")]
+)
+def test_unreadable_host_json_and_local_settings_name_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "host.json").write_text(text)
+    with pytest.raises(HostStartupError, match=rf"host\.json: {message}"):
+        load_host_config(tmp_path)
+    (tmp_path / "local.settings.json").write_text(text)
+    with pytest.raises(HostStartupError, match=rf"local\.settings\.json: {message}"):
+        load_settings(tmp_path, {})
+
+
+def test_missing_host_json_and_local_settings_are_the_defaults(tmp_path: Path) -> None:
+    assert load_host_config(tmp_path) == parse_host_config({})
+    assert load_settings(tmp_path, {"A": "env"}).values == {"A": "env"}
 
 
 def test_percent_names_resolve_and_a_missing_one_is_named() -> None:

@@ -6,7 +6,6 @@ into `os.environ` (without overwriting what the environment already says) before
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from emulators.functions_host.errors import HostStartupError, MissingSettingError
+from emulators.functions_host.json_file import read_json_object
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 _PERCENT_NAME = re.compile(r"%([^%]+)%")
@@ -42,14 +42,9 @@ class AppSettings:
 def read_local_settings(app_dir: Path) -> dict[str, str]:
     """`Values` of local.settings.json, or nothing when the file does not exist."""
     path = app_dir / LOCAL_SETTINGS_FILE
-    if not path.exists():
+    document = read_json_object(path)
+    if document is None:
         return {}
-    try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as error:
-        raise HostStartupError(f"{path}: not readable JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise HostStartupError(f"{path}: expected a JSON object")
     if document.get("IsEncrypted") is True:
         raise HostStartupError(f"{path}: encrypted settings are not supported locally")
     values = document.get("Values") or {}

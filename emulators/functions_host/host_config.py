@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emulators.functions_host.errors import HostStartupError
+from emulators.functions_host.json_file import read_json_object
 
 HOST_FILE = "host.json"
 MAX_BATCH_SIZE = 32  # the queue service returns at most 32 messages per request
@@ -136,13 +137,5 @@ def apply_overrides(document: Mapping[str, Any], settings: Mapping[str, str]) ->
 
 def load_host_config(app_dir: Path, settings: Mapping[str, str] | None = None) -> HostConfig:
     """host.json of the app (defaults when there is none), with app-setting overrides applied."""
-    path = app_dir / HOST_FILE
-    document: Any = {}
-    if path.exists():
-        try:
-            document = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (OSError, ValueError) as error:
-            raise HostStartupError(f"{path}: not readable JSON ({error})") from None
-        if not isinstance(document, dict):
-            raise HostStartupError(f"{path}: expected a JSON object")
+    document = read_json_object(app_dir / HOST_FILE) or {}
     return parse_host_config(apply_overrides(document, settings or {}))
