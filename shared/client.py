@@ -1,7 +1,7 @@
 """A producer's client: submit generation requests and follow them to their images.
 
-Needs only this module, the contract and the Azure SDKs (no app settings), so another Python
-service can vendor it. It validates with the same contract the function uses, so a bad request
+Needs only this module, the contract, the record shapes (records, attempts) and the Azure SDKs
+(no app settings), so another Python service can vendor it. It validates with the same contract the function uses, so a bad request
 fails here, in the producer, with the same message it would get in error.json.
 """
 
@@ -19,7 +19,9 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from azure.storage.queue import QueueClient, QueueServiceClient
 
+from shared.attempts import iso_utc, utc_now
 from shared.contract import GenerationRequest, encode_message, validate_request
+from shared.records import Status, status_doc
 
 TERMINAL = ("manifest.json", "error.json")
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -98,15 +100,14 @@ class ImageRequestClient:
 
     def _write_queued(self, request_id: str, request_hash: str) -> None:
         """`queued` only for a new id: a resubmitted id keeps the status its work has reached."""
-        now = datetime.now(UTC)
-        doc = {
-            "id": request_id,
-            "status": "queued",
-            "updated_at": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
-            "images_done": 0,
-            "attempts": [],
-            "request_hash": request_hash,
-        }
+        doc = status_doc(
+            request_id,
+            Status.QUEUED,
+            updated_at=iso_utc(utc_now()),
+            images_done=0,
+            attempts=(),
+            request_hash=request_hash,
+        )
         try:
             self.container.create_container()
         except ResourceExistsError:
