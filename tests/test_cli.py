@@ -26,6 +26,7 @@ from product_stack import Product, start_product
 
 from devtools import azurite
 from devtools.services import REPO_ROOT, free_port, wait_until
+from shared.attempts import AttemptRecord, ErrorInfo, Outcome
 from shared.cli import main, parse_metadata, parse_since
 from shared.contract import InvalidMessage, validate_request
 
@@ -123,23 +124,21 @@ def attempt(
     error: dict[str, Any] | None = None,
     http_status: int | None = 200,
 ) -> dict[str, Any]:
-    return {
-        "attempt": n,
-        "image_index": 0,
-        "deployment": "gpt-image-2-1",
-        "started_at": started_at,
-        "elapsed_s": 61.0,
-        "first_event_s": 20.0,
-        "http_status": http_status,
-        "apim_request_id": apim,
-        "x_request_id": None,
-        "partial_images_sent": 1,
-        "partials_received": 1,
-        "outcome": outcome,
-        "error": error,
-        "retry_after_s": None,
-        "ratelimit": {},
-    }
+    return AttemptRecord(
+        attempt=n,
+        image_index=0,
+        deployment="gpt-image-2-1",
+        started_at=started_at,
+        elapsed_s=61.0,
+        first_event_s=20.0,
+        http_status=http_status,
+        apim_request_id=apim,
+        x_request_id=None,
+        partial_images_sent=1,
+        partials_received=1,
+        outcome=Outcome(outcome),
+        error=ErrorInfo.from_json(error) if error else None,
+    ).to_json()
 
 
 CRASH = {"type": "server_error", "code": None, "message": "An error occurred"}

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.attempts import AttemptRecord, ErrorInfo, Outcome
 from shared.reporting import (
     RequestHistory,
     build_report,
@@ -32,23 +33,21 @@ def call(
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An attempt as the pipeline stores it (AttemptRecord.to_json)."""
-    return {
-        "attempt": attempt,
-        "image_index": image_index,
-        "deployment": deployment,
-        "started_at": started_at,
-        "elapsed_s": 12.5,
-        "first_event_s": 1.0,
-        "http_status": http_status,
-        "apim_request_id": apim,
-        "x_request_id": None,
-        "partial_images_sent": 1,
-        "partials_received": 1,
-        "outcome": outcome,
-        "error": error,
-        "retry_after_s": None,
-        "ratelimit": {},
-    }
+    return AttemptRecord(
+        attempt=attempt,
+        image_index=image_index,
+        deployment=deployment,
+        started_at=started_at,
+        elapsed_s=12.5,
+        first_event_s=1.0,
+        http_status=http_status,
+        apim_request_id=apim,
+        x_request_id=None,
+        partial_images_sent=1,
+        partials_received=1,
+        outcome=Outcome(outcome),
+        error=ErrorInfo.from_json(error) if error else None,
+    ).to_json()
 
 
 SERVER_ERROR = {
