@@ -2,13 +2,16 @@
 
 Each piece is started only if needed (Azurite if nothing listens; the emulator unless
 AZURE_OPENAI_ENDPOINT names a remote deployment) and stopped by its pid on exit.
+
+`host_settings`, `start_emulator` and `start_host` are how every stack here (this one, bench/ and
+the soak) wires and starts the product, so a new setting or host flag is added in one place.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,70 @@ from devtools.services import (
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 EMULATOR_KEY = "local-dev-key"
 DEFAULT_EMULATOR_PORT = 8090
+
+# Host.json overrides as app settings, the way Azure reads them: redeliver at once, poll fast.
+FAST_QUEUE_POLLING = {
+    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00",
+    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",
+}
+
+
+def host_settings(
+    *,
+    storage: str,
+    endpoint: str,
+    api_key: str,
+    deployment: str,
+    queue: str,
+    container: str,
+    quota_container: str | None = None,
+) -> dict[str, str]:
+    """The settings that wire a host to its storage, deployment, queue and containers.
+
+    Input images live in `<container>-in`; the quota blob in `<container>-quota` unless named, so a
+    stack on a shared Azurite keeps its quota to itself. Each stack adds its own tuning on top.
+    """
+    return {
+        "AzureWebJobsStorage": storage,
+        "AZURE_OPENAI_ENDPOINT": endpoint,
+        "AZURE_OPENAI_DEPLOYMENT": deployment,
+        "AZURE_OPENAI_API_KEY": api_key,
+        "IMAGE_REQUESTS_QUEUE": queue,
+        "IMAGES_CONTAINER": container,
+        "IMAGE_INPUT_CONTAINERS": f"{container}-in",
+        "IMAGE_QUOTA_CONTAINER": quota_container or f"{container}-quota",
+    }
+
+
+def emulator_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def start_emulator(
+    port: int, *, api_key: str, deployment: str, log_path: Path, args: Sequence[str] = ()
+) -> Service:
+    """The image deployment emulator on `port`, ready once its health endpoint answers."""
+    health = emulator_url(port) + "/_emulator/health"
+    command = python_module(
+        "emulators.image_deployment",
+        "--port", str(port),
+        "--api-key", api_key,
+        "--deployment", deployment,
+        *args,
+    )  # fmt: skip
+    return start("emulator", command, ready=lambda: http_ok(health), log_path=log_path)
+
+
+def start_host(
+    settings: Mapping[str, str],
+    log_path: Path,
+    *host_args: str,
+    name: str = "host",
+    ready: Callable[[], bool] = lambda: True,
+) -> Service:
+    """function_app.py in the host stand-in, with `settings` as its app settings."""
+    command = python_module("emulators.functions_host", "--app-dir", str(REPO_ROOT), *host_args)
+    return start(name, command, ready=ready, env=dict(settings), log_path=log_path)
 
 
 def app_settings(app_dir: Path = REPO_ROOT) -> dict[str, str]:
@@ -61,8 +128,6 @@ def local_stack(
     time_scale: float,
     fault_rate: float,
     payload_scale: float = 1.0,
-    host_args: tuple[str, ...] = (),
-    start_host: bool = True,
 ) -> Iterator[Stack]:
     """Start what is missing; yield the settings the app runs with; stop what we started."""
     settings = app_settings()
@@ -88,27 +153,18 @@ def local_stack(
                 if not port_open("127.0.0.1", DEFAULT_EMULATOR_PORT)
                 else free_port()
             )
-            url = f"http://127.0.0.1:{port}"
-            emulator = start(
-                "emulator",
-                python_module(
-                    "emulators.image_deployment",
-                    "--port",
-                    str(port),
-                    "--api-key",
-                    EMULATOR_KEY,
-                    "--deployment",
-                    settings.get("AZURE_OPENAI_DEPLOYMENT", "gpt-image-2-1"),
-                    "--time-scale",
-                    str(time_scale),
-                    "--fault-rate",
-                    str(fault_rate),
-                    "--payload-scale",
-                    str(payload_scale),
-                ),
-                ready=lambda: http_ok(url + "/_emulator/health"),
+            url = emulator_url(port)
+            emulator = start_emulator(
+                port,
+                api_key=EMULATOR_KEY,
+                deployment=settings.get("AZURE_OPENAI_DEPLOYMENT", "gpt-image-2-1"),
                 log_path=stack.log_dir / "emulator.log",
-            )
+                args=(
+                    "--time-scale", str(time_scale),
+                    "--fault-rate", str(fault_rate),
+                    "--payload-scale", str(payload_scale),
+                ),
+            )  # fmt: skip
             cleanup.callback(emulator.stop)
             stack.services.append(emulator)
             stack.emulator_url = url
@@ -116,19 +172,12 @@ def local_stack(
             print(
                 f"started the emulator on {url} (pid {emulator.pid}, clock x{time_scale}, fault rate {fault_rate})"
             )
-        if start_host:
-            host = start(
-                "host",
-                python_module("emulators.functions_host", "--app-dir", str(REPO_ROOT), *host_args),
-                ready=lambda: True,
-                env=settings,
-                log_path=stack.log_dir / "host.log",
-            )
-            cleanup.callback(host.stop)
-            stack.services.append(host)
-            print(
-                f"started the Functions host stand-in (pid {host.pid}); log: {stack.log_dir / 'host.log'}"
-            )
+        host = start_host(settings, stack.log_dir / "host.log")
+        cleanup.callback(host.stop)
+        stack.services.append(host)
+        print(
+            f"started the Functions host stand-in (pid {host.pid}); log: {stack.log_dir / 'host.log'}"
+        )
         yield stack
 
 
