@@ -26,8 +26,15 @@ from azure.storage.queue import QueueServiceClient
 
 from bench._common import proc_status_kib
 from devtools import azurite
-from devtools.services import REPO_ROOT, Service, free_port, http_ok, python_module, start
+from devtools.services import Service, distinct_free_ports
 from devtools.services import wait_until as _wait_until
+from devtools.stack import (
+    FAST_QUEUE_POLLING,
+    emulator_url,
+    host_settings,
+    start_emulator,
+    start_host,
+)
 from shared.client import ImageRequestClient
 
 __all__ = ["BenchStack", "StackOptions", "add_stack_options", "bench_stack"]
@@ -47,8 +54,7 @@ BASE_APP_SETTINGS = {
     "IMAGE_CONNECT_TIMEOUT_S": "5",
     "IMAGE_READ_TIMEOUT_S": "60",
     "IMAGE_LOCK_LEASE_S": "30",
-    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00",
-    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",
+    **FAST_QUEUE_POLLING,
 }
 
 
@@ -149,12 +155,8 @@ def add_stack_options(parser: argparse.ArgumentParser, timeout_s: float) -> None
     parser.add_argument("--timeout-s", type=float, default=timeout_s)
 
 
-def _emulator_args(port: int, options: StackOptions) -> list[str]:
-    return python_module(
-        "emulators.image_deployment",
-        "--port", str(port),
-        "--api-key", API_KEY,
-        "--deployment", DEPLOYMENT,
+def _emulator_args(options: StackOptions) -> tuple[str, ...]:
+    return (
         "--time-scale", str(options.time_scale),
         "--payload-scale", str(options.payload_scale),
         "--rpm", str(options.emulator_rpm),
@@ -169,15 +171,15 @@ def _app_settings(
 ) -> dict[str, str]:
     name = f"bench-{uuid.uuid4().hex[:10]}"
     settings = {
-        "AzureWebJobsStorage": connection_string,
-        "AZURE_OPENAI_ENDPOINT": emulator_url,
-        "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
-        "AZURE_OPENAI_API_KEY": API_KEY,
-        "IMAGE_REQUESTS_QUEUE": name,
-        "IMAGES_CONTAINER": name,
-        "IMAGE_INPUT_CONTAINERS": f"{name}-in",
-        # Its own quota blob: the default container is shared by everyone using this Azurite.
-        "IMAGE_QUOTA_CONTAINER": f"{name}-quota",
+        # Its own quota blob too: the default container is shared by everyone using this Azurite.
+        **host_settings(
+            storage=connection_string,
+            endpoint=emulator_url,
+            api_key=API_KEY,
+            deployment=DEPLOYMENT,
+            queue=name,
+            container=name,
+        ),
         "AZURE_OPENAI_RPM": str(options.app_rpm),
         "AZURE_OPENAI_RPM_WINDOW_S": str(options.rate_window_s),
         **BASE_APP_SETTINGS,
@@ -196,24 +198,23 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
     with ExitStack() as cleanup:
         connection_string = options.connection_string
         storage: Service | None = None
+        blob, queue_port, table, port = distinct_free_ports(4)
         if connection_string is None:
-            ports = free_port(), free_port(), free_port()
-            service = azurite.start_azurite(
-                blob_port=ports[0],
-                queue_port=ports[1],
-                table_port=ports[2],
+            storage = azurite.start_azurite(
+                blob_port=blob,
+                queue_port=queue_port,
+                table_port=table,
                 log_path=logs / "azurite.log",
             )
-            cleanup.callback(service.stop)
-            storage = service
-            connection_string = azurite.connection_string(*ports)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        emulator = start(
-            "emulator",
-            _emulator_args(port, options),
-            ready=lambda: http_ok(url + "/_emulator/health"),
+            cleanup.callback(storage.stop)
+            connection_string = azurite.connection_string(blob, queue_port, table)
+        url = emulator_url(port)
+        emulator = start_emulator(
+            port,
+            api_key=API_KEY,
+            deployment=DEPLOYMENT,
             log_path=logs / "emulator.log",
+            args=_emulator_args(options),
         )
         cleanup.callback(emulator.stop)
         settings = _app_settings(connection_string, url, options)
@@ -232,14 +233,12 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
         )
         cleanup.callback(_delete_quietly, quota.delete_container)
         host_log = logs / "host.log"
-        host = start(
-            "host",
-            python_module("emulators.functions_host", "--app-dir", str(REPO_ROOT)),
+        host = start_host(
+            settings,
+            host_log,
             ready=lambda: (
                 host_log.exists() and HOST_READY_LINE in host_log.read_text("utf-8", "replace")
             ),
-            env=settings,
-            log_path=host_log,
         )
         cleanup.callback(host.stop)
         client = ImageRequestClient(

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -33,6 +33,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """Free ports, all different: each stays bound until every one is picked."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_until(
@@ -62,7 +76,6 @@ class Service:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

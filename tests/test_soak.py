@@ -18,6 +18,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 from devtools import azurite
+from devtools.services import distinct_free_ports
 from devtools.soak import CI, FULL, run_soak
 from devtools.soak.accounting import KilledProcess, account_calls
 from devtools.soak.blobtap import BlobTap
@@ -32,7 +33,6 @@ from devtools.soak.checks import (
 from devtools.soak.evidence import Evidence, StatusBlob, StoredImage
 from devtools.soak.observe import CallTimes, HostLog, calls_in_flight_on
 from devtools.soak.report import render
-from devtools.soak.stack import distinct_free_ports
 from devtools.soak.workload import plan_workload, tag
 
 SHA_A, SHA_B = "a" * 64, "b" * 64

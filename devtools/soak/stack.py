@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,17 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devtools import azurite
-from devtools.services import REPO_ROOT, Service, http_ok, python_module, start
+from devtools.services import Service, distinct_free_ports
 from devtools.soak.blobtap import BlobTap
 from devtools.soak.config import SoakConfig
 from devtools.soak.workload import BLOCKED_PHRASE
+from devtools.stack import (
+    FAST_QUEUE_POLLING,
+    emulator_url,
+    host_settings,
+    start_emulator,
+    start_host,
+)
 
 log = logging.getLogger("soak.stack")
 
@@ -32,12 +38,8 @@ EMULATOR_TIMEOUT_S = 5.0
 
 
 def app_settings(config: SoakConfig) -> dict[str, str]:
-    """The hosts' settings beyond storage and endpoint: scaled like tests/product_stack.py's."""
+    """The hosts' tuning beyond `host_settings`: scaled like tests/product_stack.py's."""
     return {
-        "IMAGE_REQUESTS_QUEUE": QUEUE,
-        "IMAGES_CONTAINER": CONTAINER,
-        "IMAGE_INPUT_CONTAINERS": f"{CONTAINER}-in",
-        "IMAGE_QUOTA_CONTAINER": "soak-quota",
         "IMAGE_MAX_ATTEMPTS": str(config.max_attempts),
         "IMAGE_BACKOFF_BASE_S": "0.05",
         "IMAGE_BACKOFF_MAX_S": "0.5",
@@ -48,9 +50,7 @@ def app_settings(config: SoakConfig) -> dict[str, str]:
         "AZURE_OPENAI_RPM": "10",
         "AZURE_OPENAI_RPM_WINDOW_S": str(60 * config.time_scale),
         "PYTHON_THREADPOOL_THREAD_COUNT": str(config.threads),
-        # Host.json overrides, the way Azure reads them: redeliver at once, poll fast.
-        "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00",
-        "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",
+        **FAST_QUEUE_POLLING,
     }
 
 
@@ -119,14 +119,12 @@ class SoakStack:
 
     def start_host(self, slot: HostSlot) -> Service:
         log_path = self.workdir / f"host-{slot.name}-{len(slot.incarnations) + 1}.log"
-        args = python_module(
-            "emulators.functions_host",
-            "--app-dir", str(REPO_ROOT),
+        service = start_host(
+            self._host_env,
+            log_path,
             "--lease-s", str(self.config.message_lease_s),
+            name=f"host-{slot.name}",
         )  # fmt: skip
-        service = start(
-            f"host-{slot.name}", args, ready=lambda: True, env=self._host_env, log_path=log_path
-        )
         slot.incarnations.append(service)
         return service
 
@@ -159,20 +157,6 @@ class SoakStack:
             self.azurite.stop()
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """Free ports, all different: each stays bound until every one is picked."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _start_azurite(workdir: Path, ports: tuple[int, int, int], generation: int) -> Service:
     blob, queue, table = ports
     return azurite.start_azurite(
@@ -195,26 +179,22 @@ def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
         store = _start_azurite(workdir, ports, 0)
         services.append(store)
         tap = BlobTap(tap_port, upstream_port=ports[0]).start()
-        url = f"http://127.0.0.1:{emulator_port}"
+        url = emulator_url(emulator_port)
         api_key = f"soak-{uuid.uuid4().hex}"
-        args = python_module(
-            "emulators.image_deployment",
-            "--port", str(emulator_port),
-            "--api-key", api_key,
-            "--deployment", DEPLOYMENT,
-            "--time-scale", str(config.time_scale),
-            "--fault-rate", str(config.fault_rate),
-            "--payload-scale", str(config.payload_scale),
-            "--blocked-phrase", BLOCKED_PHRASE,
-            "--rpm", "10",
-            "--seed", str(config.seed),
-        )  # fmt: skip
-        emulator = start(
-            "emulator",
-            args,
-            ready=lambda: http_ok(url + "/_emulator/health"),
+        emulator = start_emulator(
+            emulator_port,
+            api_key=api_key,
+            deployment=DEPLOYMENT,
             log_path=workdir / "emulator.log",
-        )
+            args=(
+                "--time-scale", str(config.time_scale),
+                "--fault-rate", str(config.fault_rate),
+                "--payload-scale", str(config.payload_scale),
+                "--blocked-phrase", BLOCKED_PHRASE,
+                "--rpm", "10",
+                "--seed", str(config.seed),
+            ),
+        )  # fmt: skip
         services.append(emulator)
     except BaseException:
         for service in services:
@@ -227,11 +207,16 @@ def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
         [HostSlot("a"), HostSlot("b")], api_key,
     )  # fmt: skip
     stack._host_env = {
-        # Blobs through the tap, queues straight to Azurite.
-        "AzureWebJobsStorage": azurite.connection_string(tap.port, ports[1], ports[2]),
-        "AZURE_OPENAI_ENDPOINT": url,
-        "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
-        "AZURE_OPENAI_API_KEY": api_key,
+        **host_settings(
+            # Blobs through the tap, queues straight to Azurite.
+            storage=azurite.connection_string(tap.port, ports[1], ports[2]),
+            endpoint=url,
+            api_key=api_key,
+            deployment=DEPLOYMENT,
+            queue=QUEUE,
+            container=CONTAINER,
+            quota_container="soak-quota",
+        ),
         **app_settings(config),
     }
     return stack
