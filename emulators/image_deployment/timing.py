@@ -22,12 +22,6 @@ class Schedule:
     partials_at: tuple[float, ...]
     completed_at: float
 
-    def next_due(self, after_partials: int) -> float:
-        """When the event following `after_partials` partials is due; past the last, the completed."""
-        if after_partials < len(self.partials_at):
-            return self.partials_at[after_partials]
-        return self.completed_at
-
 
 def duration_s(width: int, height: int, quality: str) -> float:
     return QUALITY_SECONDS[quality] * ((width * height) / 1_048_576) ** EXPONENT
