@@ -31,7 +31,6 @@ from azure.core.exceptions import (
 from shared.client import RequestTimeout
 from shared.contract import InvalidMessage
 from shared.operations import (
-    OperatorSettings,
     RequeueOutcome,
     Storage,
     find_requests,
@@ -42,7 +41,7 @@ from shared.operations import (
 )
 from shared.records import Status
 from shared.reporting import ERROR, Folder, build_report, format_report
-from shared.settings import DEFAULT_API_VERSION, SettingsError, check_storage_name, storage_from_env
+from shared.settings import OperatorSettings, SettingsError
 from shared.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -63,33 +62,6 @@ SINCE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "
 
 
 # --- settings --------------------------------------------------------------------------------------
-
-
-def operator_settings(env: Mapping[str, str]) -> OperatorSettings:
-    """Same names, defaults and checks as `Settings.from_env`, minus AZURE_OPENAI_* (not needed)."""
-    # Case-insensitive, blank as unset: as the settings module reads app settings.
-    folded = {k.lower(): v for k, v in env.items()}
-
-    def get(name: str) -> str | None:
-        value = env.get(name, folded.get(name.lower()))
-        return value.strip() if value is not None and value.strip() else None
-
-    inputs = get("IMAGE_INPUT_CONTAINERS") or "inputs"
-    return OperatorSettings(
-        storage=storage_from_env(env),
-        requests_queue=check_storage_name(
-            "IMAGE_REQUESTS_QUEUE", get("IMAGE_REQUESTS_QUEUE") or "image-requests", "queue"
-        ),
-        images_container=check_storage_name(
-            "IMAGES_CONTAINER", get("IMAGES_CONTAINER") or "images", "container"
-        ),
-        input_containers=tuple(
-            check_storage_name("IMAGE_INPUT_CONTAINERS", name.strip(), "container")
-            for name in inputs.split(",")
-            if name.strip()
-        ),
-        api_version=get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
-    )
 
 
 def operator_env(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
@@ -481,7 +453,7 @@ def main(
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         env = operator_env(os.environ if environ is None else environ, cwd or Path.cwd())
-        storage = Storage(operator_settings(env), **STORAGE_CLIENT)
+        storage = Storage(OperatorSettings.from_env(env), **STORAGE_CLIENT)
     except SettingsError as exc:
         _warn(f"settings: {exc}")
         return EXIT_USAGE

@@ -25,7 +25,7 @@ from shared.contract import body_id
 from shared.records import ErrorKind, Status, attempts_from_status, status_doc
 from shared.reporting import ERROR, STATUS, Folder, RequestHistory, request_folders
 from shared.runtime import blob_service, queue_service
-from shared.settings import DEFAULT_API_VERSION, StorageConfig
+from shared.settings import OperatorSettings
 from shared.store import LockHeld, RequestStore, StoreError
 
 READ_THREADS = 8
@@ -40,17 +40,6 @@ OnUnreadable = Callable[[Folder, StoreError], None]
 
 def _ignore(folder: Folder, exc: StoreError) -> None:
     """The default for `OnUnreadable`: a caller that does not ask is not told."""
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorSettings:
-    """The storage half of `Settings`: what an operator needs, without the deployment settings."""
-
-    storage: StorageConfig
-    requests_queue: str = "image-requests"
-    images_container: str = "images"
-    input_containers: tuple[str, ...] = ("inputs",)
-    api_version: str = DEFAULT_API_VERSION
 
 
 class Storage:

@@ -49,6 +49,25 @@ class DeploymentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """The storage half of `Settings`: what an operator needs, without the deployment settings."""
+
+    storage: StorageConfig
+    requests_queue: str = "image-requests"
+    images_container: str = "images"
+    input_containers: tuple[str, ...] = ("inputs",)
+    api_version: str = DEFAULT_API_VERSION
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Same names, defaults and checks as `Settings.from_env`, minus AZURE_OPENAI_* deployments.
+
+        For tools (the operator CLI) that never call the image API.
+        """
+        return _Reader(os.environ if env is None else env).operator()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     storage: StorageConfig
     deployments: tuple[DeploymentConfig, ...]
@@ -94,11 +113,6 @@ def check_storage_name(setting: str, value: str, what: str) -> str:
     return value
 
 
-def storage_from_env(env: Mapping[str, str] | None = None) -> StorageConfig:
-    """Only the storage settings: for tools (the operator CLI) that never call the image API."""
-    return _Reader(os.environ if env is None else env).storage()
-
-
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         # App settings are case-insensitive on Windows plans and in Core Tools; be lenient alike.
@@ -129,10 +143,9 @@ class _Reader:
             raise SettingsError(f"{name}: {value} is outside {lo}..{hi}")
         return value
 
-    def settings(self) -> Settings:
-        return Settings(
+    def operator(self) -> OperatorSettings:
+        return OperatorSettings(
             storage=self.storage(),
-            deployments=self.deployments(),
             api_version=self.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
             requests_queue=self.queue_name("IMAGE_REQUESTS_QUEUE", "image-requests"),
             images_container=self.container_name("IMAGES_CONTAINER", "images"),
@@ -141,6 +154,17 @@ class _Reader:
                 for name in (self.get("IMAGE_INPUT_CONTAINERS") or "inputs").split(",")
                 if name.strip()
             ),
+        )
+
+    def settings(self) -> Settings:
+        common = self.operator()
+        return Settings(
+            storage=common.storage,
+            deployments=self.deployments(),
+            api_version=common.api_version,
+            requests_queue=common.requests_queue,
+            images_container=common.images_container,
+            input_containers=common.input_containers,
             min_partial_images=self.number("IMAGE_MIN_PARTIAL_IMAGES", 1, 0, 3, int),
             max_attempts=self.number("IMAGE_MAX_ATTEMPTS", 4, 1, 20, int),
             backoff_base_s=self.number("IMAGE_BACKOFF_BASE_S", 2.0, 0.0, 600.0, float),
