@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,6 +106,20 @@ def count(queue: QueueClient) -> int:
 
 def peek_all(queue: QueueClient) -> list[str]:
     return [m.content for m in queue.peek_messages(max_messages=32)]
+
+
+def _exit_of_start_up(
+    app_dir: Path, unset: Callable[[str], bool]
+) -> subprocess.CompletedProcess[str]:
+    """Run a host expected to stop at start-up, without the environment variables `unset` picks."""
+    return subprocess.run(
+        python_module(MODULE, "--app-dir", str(app_dir)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if not unset(k)},
+    )
 
 
 def test_success_deletes_and_the_function_gets_the_message_and_context(
@@ -444,14 +457,7 @@ def test_drain_exits_zero_once_every_queue_is_empty(
 
 def test_missing_setting_is_one_clear_line_at_start_up(harness: Harness) -> None:
     app_dir = harness.app("basic", {"MyStorage": "UseDevelopmentStorage=true"})
-    result = subprocess.run(
-        python_module(MODULE, "--app-dir", str(app_dir)),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={k: v for k, v in os.environ.items() if k != "BASIC_QUEUE"},
-    )
+    result = _exit_of_start_up(app_dir, lambda k: k == "BASIC_QUEUE")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -461,14 +467,7 @@ def test_missing_setting_is_one_clear_line_at_start_up(harness: Harness) -> None
 
 def test_missing_connection_setting_names_it(harness: Harness) -> None:
     app_dir = harness.app("basic", {"BASIC_QUEUE": "whatever-queue"})
-    result = subprocess.run(
-        [sys.executable, "-m", MODULE, "--app-dir", str(app_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={k: v for k, v in os.environ.items() if "MyStorage" not in k},
-    )
+    result = _exit_of_start_up(app_dir, lambda k: "MyStorage" in k)
     assert result.returncode == 2
     assert "Missing app setting 'MyStorage'" in result.stderr
     assert "Traceback" not in result.stderr
