@@ -42,7 +42,6 @@ CONTENT_FILTER_CODES = frozenset(
         "ResponsibleAIPolicyViolation",
     }
 )
-SERVER_ERROR_TYPES = frozenset({"server_error", "image_generation_server_error"})
 
 OnPartial = Callable[[int, bytes], None]
 

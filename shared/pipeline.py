@@ -20,6 +20,7 @@ from shared.contract import (
     GenerationRequest,
     InvalidMessage,
     body_id,
+    excerpt,
     parse_message,
 )
 from shared.image_api import ImageCall, InputFile
@@ -29,7 +30,6 @@ from shared.records import (
     attempts_from_status,
     error_doc,
     manifest_doc,
-    quote_input,
     status_doc,
 )
 from shared.retry import FailInvocation, GiveUp, Requeue, RetryNow, Succeeded
@@ -94,7 +94,7 @@ def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt:
         message=exc.message,
         created_at=now,
         completed_at=now,
-        input_text=exc.input_excerpt or quote_input(body),
+        input_text=exc.input_excerpt or excerpt(body),
         queue_message_id=message_id,
     )
     if not rt.store.create_record(record_id, "error.json", doc) and record_id != message_id:
@@ -124,6 +124,7 @@ class _Job:
     images: dict[int, ImageInfo] = field(default_factory=dict)
     created_at: str = ""
     lock: RequestLock | None = None
+    status: dict[str, Any] | None = None  # status.json as the last check under the lock read it
     started: float | None = None  # monotonic start of this delivery
     calls_made: int = 0  # attempts made by this delivery
 
@@ -155,7 +156,7 @@ class _Job:
         store = self.rt.store
         terminal = store.terminal(self.id)
         if terminal is None:
-            status = store.read_json(self.id, "status.json")
+            status = self.status = store.read_json(self.id, "status.json")
             known_hash = (status or {}).get("request_hash")
             if known_hash and known_hash != self.request.request_hash():
                 return self._reject_reused()
@@ -208,7 +209,7 @@ class _Job:
             created_at=now,
             completed_at=now,
             request=self.request.model_dump(mode="json"),
-            input_text=quote_input(self.request.to_message()),
+            input_text=excerpt(self.request.to_message()),
             queue_message_id=self.message_id,
         )
         self.rt.store.create_record(self.message_id, "error.json", doc)
@@ -217,7 +218,7 @@ class _Job:
 
     def _work(self) -> Result:
         request = self.request
-        status = self.rt.store.read_json(self.id, "status.json")
+        status = self.status  # read under the lock by _finished_or_reused, just before
         self.attempts = attempts_from_status(status)
         self.created_at = (status or {}).get("created_at") or iso_utc(self.rt.now())
         log.info(
@@ -272,15 +273,17 @@ class _Job:
                     return None
                 case GiveUp(kind=kind, message=message):
                     return self._fail(Status.FAILED, ErrorKind(kind), message)
-                case RetryNow(delay_s=wait) | Requeue(delay_s=wait):
-                    pass
+                case RetryNow(delay_s=wait):
+                    later = False
+                case Requeue(delay_s=wait):
+                    later = True
                 case Succeeded() | FailInvocation():
                     # A configuration error from an earlier delivery (or process) is not final:
                     # the router knows whether the deployment is still out of rotation.
-                    wait = 0.0
+                    wait, later = 0.0, False
             choice = self._failover(history) if wait > 0 else None
             if choice is None:
-                if wait > self.rt.settings.inline_wait_max_s:
+                if later:
                     return self._continue_later(wait, f"image {index} retries in {wait:.1f}s")
                 if wait > 0:
                     self._write_status(Status.RETRYING)
@@ -417,9 +420,7 @@ class _Job:
             images=[self.images[i].to_json() for i in sorted(self.images)],
             attempts=self.attempts,
             metadata=dict(self.request.metadata),
-            input_text=quote_input(self.request.to_message())
-            if status is Status.REJECTED
-            else None,
+            input_text=excerpt(self.request.to_message()) if status is Status.REJECTED else None,
             queue_message_id=self.message_id,
         )
         self.rt.store.create_record(self.id, "error.json", doc)

@@ -17,7 +17,6 @@ from shared.records import (
     Status,
     attempts_from_status,
     error_doc,
-    quote_input,
     status_doc,
 )
 from shared.runtime import Runtime
@@ -70,7 +69,7 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
         request_hash=request.request_hash() if request else None,
         attempts=attempts,
         metadata=dict(request.metadata) if request else None,
-        input_text=quote_input(body, limit=None),
+        input_text=body if isinstance(body, str) else body.decode("utf-8", "backslashreplace"),
         queue_message_id=message_id,
     )
     if not rt.store.create_record(record_id, "error.json", doc):

@@ -13,7 +13,6 @@ from shared.attempts import AttemptRecord
 
 MANIFEST_SCHEMA = "imagegen.manifest/1"
 ERROR_SCHEMA = "imagegen.error/1"
-INPUT_EXCERPT_BYTES = 1024
 
 
 class Status(StrEnum):
@@ -132,12 +131,3 @@ def error_doc(
     if queue_message_id is not None:
         doc["queue_message_id"] = queue_message_id
     return doc
-
-
-def quote_input(body: bytes | str, limit: int | None = INPUT_EXCERPT_BYTES) -> str:
-    """The input as text for a record: UTF-8 with replacement, cut at `limit` bytes with a marker."""
-    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
-    if limit is not None and len(raw) > limit:
-        cut = raw[:limit].decode("utf-8", "ignore")
-        return f"{cut}… [truncated, {len(raw)} bytes in all]"
-    return raw.decode("utf-8", "replace")
