@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -62,11 +63,15 @@ class Emulator:
         r = requests.post(self.url("/_emulator/script"), json=list(outcomes), timeout=5)
         r.raise_for_status()
 
-    def requests_log(self) -> list[dict[str, object]]:
+    def requests_log(self) -> list[dict[str, Any]]:
         r = requests.get(self.url("/_emulator/requests"), timeout=5)
         r.raise_for_status()
         body = r.json()
         return body["requests"] if isinstance(body, dict) else body
+
+    def calls_for(self, text: str) -> list[dict[str, Any]]:
+        """The logged calls whose prompt contains `text` (tests make prompts unique), in arrival order."""
+        return [r for r in self.requests_log() if text in str(r["body"].get("prompt", ""))]
 
     def reset(self) -> None:
         requests.post(self.url("/_emulator/reset"), timeout=5).raise_for_status()

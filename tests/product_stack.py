@@ -16,6 +16,8 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from devtools.services import REPO_ROOT, Service, python_module, start, wait_until
 from shared.client import ImageRequestClient
 
+HOST_STARTED = "Host started"  # the host stand-in's log line once its listeners run
+
 # Waits the app makes are real seconds; the emulator's clock runs x0.01, so shrink them alike.
 FAST_APP_SETTINGS = {
     "IMAGE_BACKOFF_BASE_S": "0.05",
@@ -84,6 +86,25 @@ class Product:
     def blob_names(self, request_id: str) -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=f"{request_id}/"))
 
+    def upload_input(self, name: str, data: bytes) -> str:
+        """Put `data` in the allowed input container; returns the `container/name` a request names."""
+        inputs = self.blobs.get_container_client(self.settings["IMAGE_INPUT_CONTAINERS"])
+        with contextlib.suppress(ResourceExistsError):
+            inputs.create_container()
+        inputs.upload_blob(name, data)
+        return f"{inputs.container_name}/{name}"
+
+    def remove(self) -> None:
+        """Stop the host and delete the containers it wrote, for module fixtures that outlive a test."""
+        self.host.stop()
+        for name in (
+            self.container.container_name,
+            self.settings["IMAGE_INPUT_CONTAINERS"],
+            self.settings["IMAGE_QUOTA_CONTAINER"],
+        ):
+            with contextlib.suppress(ResourceNotFoundError):
+                self.blobs.delete_container(name)
+
 
 def start_product(
     *,
@@ -114,10 +135,11 @@ def start_product(
         queue.create_queue()
     poison = queues.get_queue_client(f"{queue_name}-poison")
     blobs = BlobServiceClient.from_connection_string(connection_string)
+    # Ready once its listeners poll: a test that times a window or races hosts starts from there.
     host = start(
         "host",
         python_module("emulators.functions_host", "--app-dir", str(REPO_ROOT), "--lease-s", "20"),
-        ready=lambda: True,
+        ready=lambda: log_path.exists() and HOST_STARTED in log_path.read_text(errors="replace"),
         env=settings,
         log_path=log_path,
     )

@@ -5,6 +5,7 @@ Each test uses its own queue and container; prompts are unique so scripted outco
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -24,10 +25,6 @@ def prompt(tag: str) -> str:
     return f"{tag} {uuid.uuid4().hex[:8]}"
 
 
-def calls_for(emulator: Emulator, text: str) -> list[dict[str, Any]]:
-    return [r for r in emulator.requests_log() if text in str(r["body"].get("prompt", ""))]
-
-
 def attempts(record: dict[str, Any]) -> list[dict[str, Any]]:
     return record["attempts"]
 
@@ -41,7 +38,7 @@ def test_partial_images_zero_is_raised_and_2048_high_succeeds(
     )
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded", manifest
-    (call,) = calls_for(emulator, text)
+    (call,) = emulator.calls_for(text)
     assert call["body"]["partial_images"] >= 1
     assert call["body"]["stream"] in (True, "true")
     (image,) = manifest["images"]
@@ -67,7 +64,7 @@ def test_gateway_timeout_is_retried_with_one_more_partial(
     )
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
-    first, second = calls_for(emulator, text)
+    first, second = emulator.calls_for(text)
     assert first["status"] == 408
     assert second["body"]["partial_images"] == first["body"]["partial_images"] + 1
     assert [a["outcome"] for a in attempts(manifest)] == ["gateway_timeout", "succeeded"]
@@ -82,7 +79,7 @@ def test_mid_stream_server_error_is_retried_and_both_attempts_recorded(
     rid = product.client.submit({"prompt": text, "size": "1536x1024", "output_format": "jpeg"})
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
-    calls = calls_for(emulator, text)
+    calls = emulator.calls_for(text)
     assert len(calls) == 2
     recorded = attempts(manifest)
     assert [a["outcome"] for a in recorded] == ["server_error", "succeeded"]
@@ -122,7 +119,7 @@ def test_content_filter_fails_after_exactly_one_call(product: Product, emulator:
     record = product.wait_terminal(rid)
     assert record["status"] == "failed"
     assert record["error"]["kind"] == "content_filter"
-    assert len(calls_for(emulator, text)) == 1
+    assert len(emulator.calls_for(text)) == 1
     assert product.read_json(rid, "manifest.json") is None
 
 
@@ -142,7 +139,7 @@ def test_attempts_stop_at_the_cap(product: Product, emulator: Emulator) -> None:
     record = product.wait_terminal(rid)
     assert record["status"] == "failed"
     assert record["error"]["kind"] == "retries_exhausted"
-    assert len(calls_for(emulator, text)) == 4
+    assert len(emulator.calls_for(text)) == 4
     assert [a["attempt"] for a in attempts(record)] == [1, 2, 3, 4]
 
 
@@ -159,7 +156,7 @@ def test_same_id_twice_generates_once(product: Product, emulator: Emulator) -> N
     manifest = product.wait_terminal(request["id"])
     assert manifest["status"] == "succeeded"
     product.wait_until_queue_empty()
-    assert len(calls_for(emulator, text)) == 1
+    assert len(emulator.calls_for(text)) == 1
 
 
 def test_n_three_makes_three_calls_and_images(product: Product, emulator: Emulator) -> None:
@@ -167,10 +164,12 @@ def test_n_three_makes_three_calls_and_images(product: Product, emulator: Emulat
     rid = product.client.submit({"prompt": text, "size": "1024x1024", "quality": "low", "n": 3})
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
-    assert len(calls_for(emulator, text)) == 3
+    assert len(emulator.calls_for(text)) == 3
     assert [i["index"] for i in manifest["images"]] == [0, 1, 2]
     assert {f"{rid}/{k}.png" for k in range(3)} <= set(product.blob_names(rid))
-    assert len({i["sha256"] for i in manifest["images"]}) >= 1
+    for image in manifest["images"]:
+        data = product.container.download_blob(image["blob"]).readall()
+        assert image["sha256"] == hashlib.sha256(data).hexdigest(), image
 
 
 def _png(size: tuple[int, int], colour: str) -> bytes:
@@ -180,23 +179,17 @@ def _png(size: tuple[int, int], colour: str) -> bytes:
 
 
 def test_edit_with_two_input_images(product: Product, emulator: Emulator) -> None:
-    inputs = product.blobs.get_container_client(product.settings["IMAGE_INPUT_CONTAINERS"])
-    inputs.create_container()
-    inputs.upload_blob("a.png", _png((64, 64), "red"))
-    inputs.upload_blob("b.png", _png((64, 64), "blue"))
-    container = product.settings["IMAGE_INPUT_CONTAINERS"]
+    sources = [
+        product.upload_input("a.png", _png((64, 64), "red")),
+        product.upload_input("b.png", _png((64, 64), "blue")),
+    ]
     text = prompt("combine")
     rid = product.client.submit(
-        {
-            "operation": "edit",
-            "prompt": text,
-            "size": "1024x1024",
-            "input_images": [f"{container}/a.png", f"{container}/b.png"],
-        }
+        {"operation": "edit", "prompt": text, "size": "1024x1024", "input_images": sources}
     )
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded", manifest
-    (call,) = calls_for(emulator, text)
+    (call,) = emulator.calls_for(text)
     assert call["endpoint"] == "edits"
     image_parts = [p for p in call["parts"] if p["name"] in ("image", "image[]")]
     assert len(image_parts) == 2
@@ -278,7 +271,7 @@ def test_a_long_request_continues_in_fresh_invocations_without_regenerating(
     rid = product.client.submit({"prompt": text, "size": "2048x2048", "quality": "medium", "n": 3})
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
-    assert len(calls_for(emulator, text)) == 3
+    assert len(emulator.calls_for(text)) == 3
     assert [a["image_index"] for a in manifest["attempts"]] == [0, 1, 2]
     invocations = product.host.log_tail(500).count("Executing 'Functions.process_image_request'")
     assert invocations >= 3

@@ -167,10 +167,6 @@ def _prompt(fault: Fault, position: Position) -> str:
     return f"fault matrix {fault.name} {position} {uuid.uuid4().hex}"
 
 
-def _calls(emulator: Emulator, prompt: str) -> list[dict[str, Any]]:
-    return [c for c in emulator.requests_log() if c["body"].get("prompt") == prompt]
-
-
 def _settle(product: Product, emulator: Emulator, runs: list[Run], timeout: float) -> None:
     for run in runs:
         run.record = product.wait_terminal(run.request_id, timeout=timeout)
@@ -186,14 +182,13 @@ def _settle(product: Product, emulator: Emulator, runs: list[Run], timeout: floa
             pass  # check_run reports the mismatch with the record beside it
     # A stalled call is logged by the emulator when it arrives; every call has arrived by now.
     for run in runs:
-        run.calls = _calls(emulator, run.prompt)
+        run.calls = emulator.calls_for(run.prompt)
 
 
-def _overrides(quota_container: str, **more: str) -> dict[str, str]:
+def _overrides(**more: str) -> dict[str, str]:
     return {
         "IMAGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "IMAGE_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
-        "IMAGE_QUOTA_CONTAINER": quota_container,
         **more,
         # Every case runs at once; the stalled ones hold a thread for the read timeout.
         "PYTHON_THREADPOOL_THREAD_COUNT": "32",
@@ -217,12 +212,10 @@ def matrix(
         queue_name=f"fm-req-{suffix}",
         container_name=f"fm-img-{suffix}",
         log_path=tmp_path_factory.mktemp("fault-matrix") / "host.log",
-        overrides=_overrides(f"fm-quota-{suffix}", AZURE_OPENAI_RPM=str(RPM)),
+        overrides=_overrides(AZURE_OPENAI_RPM=str(RPM)),
     )
     try:
-        inputs = product.blobs.get_container_client(product.settings["IMAGE_INPUT_CONTAINERS"])
-        inputs.create_container()
-        inputs.upload_blob("source.png", _png())
+        product.upload_input("source.png", _png())
         runs: dict[str, Run] = {}
         for fault, position in CASES:
             prompt = _prompt(fault, position)
@@ -233,16 +226,7 @@ def matrix(
         _settle(product, emulator, list(runs.values()), timeout=90)
         yield product, runs
     finally:
-        product.host.stop()
-        for name in (
-            product.settings["IMAGE_INPUT_CONTAINERS"],
-            product.container.container_name,
-            product.settings["IMAGE_QUOTA_CONTAINER"],
-        ):
-            try:
-                product.blobs.delete_container(name)
-            except ResourceNotFoundError:
-                pass
+        product.remove()
 
 
 def check_run(run: Run) -> None:
@@ -362,12 +346,11 @@ CONFIG_CASES = (
 def test_configuration_error_is_poisoned_never_deleted(
     product_factory: Callable[..., Product],
     emulator: Emulator,
-    unique_name: Callable[[str], str],
     fault: Fault,
     position: Position,
     settings: dict[str, Any],
 ) -> None:
-    overrides = {**_overrides(unique_name("fm-quota")), **settings.get("overrides", {})}
+    overrides = {**_overrides(), **settings.get("overrides", {})}
     product = product_factory(overrides=overrides, api_key=settings.get("api_key"))
     prompt = _prompt(fault, position)
     if position == "last":

@@ -116,14 +116,11 @@ def hostile_run(
         queue_name=f"hostile-req-{suffix}",
         container_name=images,
         log_path=tmp_path_factory.mktemp("hostile") / "host.log",
-        overrides={"IMAGE_QUOTA_CONTAINER": f"hostile-quota-{suffix}"},
     )
     inputs = product.settings["IMAGE_INPUT_CONTAINERS"]
     try:
-        container = product.blobs.get_container_client(inputs)
-        container.create_container()
-        container.upload_blob("ok.png", _png((64, 64)))
-        container.upload_blob("mask.png", _png((64, 64)))
+        product.upload_input("ok.png", _png((64, 64)))
+        product.upload_input("mask.png", _png((64, 64)))
         # Valid requests are spread among the hostile ones, in an order fixed by the seed.
         order = list(CORPUS)
         random.Random(7).shuffle(order)
@@ -145,12 +142,7 @@ def hostile_run(
             log_path.read_text(errors="replace"),
         )
     finally:
-        product.host.stop()
-        for name in (inputs, images, f"hostile-quota-{suffix}"):
-            try:
-                product.blobs.delete_container(name)
-            except ResourceNotFoundError:
-                pass
+        product.remove()
 
 
 def test_corpus_is_big_and_varied() -> None:

@@ -157,7 +157,7 @@ def _start(
         queue_name=f"sec-req-{suffix}",
         container_name=f"sec-img-{suffix}",
         log_path=tmp / f"host-{label}.log",
-        overrides={"IMAGE_QUOTA_CONTAINER": f"sec-quota-{suffix}", **settings},
+        overrides=settings,
     )
 
 
@@ -190,9 +190,7 @@ def exposure(
             IDENTITY_HEADER=IDENTITY_HEADER,
         )
         products += [keyed, wrong, entra]
-        inputs = keyed.blobs.get_container_client(keyed.settings["IMAGE_INPUT_CONTAINERS"])
-        inputs.create_container()
-        inputs.upload_blob("source.png", _png())
+        source = keyed.upload_input("source.png", _png())
 
         tag = uuid.uuid4().hex[:8]
         prompts = {name: f"secrets {name} {tag}" for name in (
@@ -209,7 +207,7 @@ def exposure(
             "success": (keyed, keyed.client.submit(_request(prompts["success"]))),
             "edit": (keyed, keyed.client.submit(_request(
                 prompts["edit"], operation="edit",
-                input_images=[f"{inputs.container_name}/source.png"],
+                input_images=[source],
             ))),
             "throttled": (keyed, keyed.client.submit(_request(prompts["throttled"]))),
             "filtered": (keyed, keyed.client.submit(_request(prompts["filtered"]))),
@@ -233,16 +231,7 @@ def exposure(
     finally:
         identity.stop()
         for product in products:
-            product.host.stop()
-            for name in (
-                product.container.container_name,
-                product.settings["IMAGE_INPUT_CONTAINERS"],
-                product.settings["IMAGE_QUOTA_CONTAINER"],
-            ):
-                try:
-                    product.blobs.delete_container(name)
-                except ResourceNotFoundError:
-                    pass
+            product.remove()
 
 
 def test_the_runs_exercised_every_path(exposure: Exposure) -> None:
