@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.pipeline import process_message
-from shared.poisoned import record_poisoned
-from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.worker.pipeline import process_message
+from shared.worker.poisoned import record_poisoned
+from shared.worker.runtime import Runtime
 
 app = func.FunctionApp()
 runtime = Runtime.from_settings(Settings.from_env())

@@ -24,6 +24,7 @@ import io
 import json
 import pstats
 import random
+import struct
 import sys
 import threading
 import time
@@ -52,7 +53,9 @@ from bench._common import (
 
 PARTIALS = 3
 WRITE_BYTES = 16 * 1024
-PROJECT_CHUNK_BYTES = 64 * 1024  # what shared.image_api reads with; peers get the same iterator
+PROJECT_CHUNK_BYTES = (
+    64 * 1024
+)  # what shared.azure_openai.image_api reads with; peers get the same iterator
 TIME_TARGET_RATIO = 1.3
 MEMORY_TARGET_IMAGES = 3
 MEMORY_TARGET_EXTRA_MIB = 50
@@ -74,13 +77,22 @@ class ImageStream:
     image_bytes: int
 
 
+# A PNG signature and IHDR chunk (1536x1024, RGBA): the product only stores a `completed` image whose
+# bytes say they are the format asked for; the rest of each image is random, as compressed data is.
+PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n"
+    + struct.pack(">I4sIIBBBBB", 13, b"IHDR", 1536, 1024, 8, 6, 0, 0, 0)
+    + b"\x00\x00\x00\x00"
+)
+
+
 def build_stream(image_bytes: int, seed: int = 0) -> ImageStream:
     """Four events with four different images, so a decoder that repeats or skips one is caught."""
     rng = random.Random(seed)
     events: list[bytes] = []
     hashes: list[str] = []
     for index in range(PARTIALS + 1):
-        image = rng.randbytes(image_bytes)
+        image = PNG_HEAD + rng.randbytes(max(0, image_bytes - len(PNG_HEAD)))
         hashes.append(sha256(image).hexdigest())
         completed = index == PARTIALS
         payload: dict[str, Any] = {
@@ -188,7 +200,7 @@ Decoder = Callable[[str, Sink, float], None]
 
 
 def _take(data: str | bytes, sink: Sink) -> bool:
-    """The per-event work every row does: json, then base64 as `shared.image_api._b64` does.
+    """The per-event work every row does: json, then base64 as `shared.azure_openai.image_api._b64` does.
 
     Returns True at the completed event, where every client stops reading.
     """
@@ -230,10 +242,10 @@ def _floor() -> Decoder:
 
 
 def _project() -> Decoder:
-    # The product's own path: ImageApi.attempt streams, feeds shared.sse.iter_events with
+    # The product's own path: ImageApi.attempt streams, feeds shared.azure_openai.sse.iter_events with
     # iter_content(64 KiB), json.loads each event and base64-decodes partials and the final image.
-    from shared.attempts import Outcome
-    from shared.image_api import ImageApi, ImageCall
+    from shared.azure_openai.image_api import ImageApi, ImageCall
+    from shared.records.attempts import Outcome
     from shared.settings import DeploymentConfig
 
     def decode(url: str, sink: Sink, timeout_s: float) -> None:
@@ -321,7 +333,7 @@ _FACTORIES: dict[str, Callable[[], Decoder]] = {
 }
 LABELS = {
     "floor": "floor: read all, find lines, json, base64",
-    "project": "project: shared.sse via ImageApi",
+    "project": "project: shared.azure_openai.sse via ImageApi",
     "openai": "openai._streaming.SSEDecoder",
     "sseclient-py": "sseclient-py",
     "requests-sse": "requests-sse (iter_lines)",

@@ -35,7 +35,7 @@ from devtools.stack import (
     start_emulator,
     start_host,
 )
-from shared.client import ImageRequestClient
+from shared.client.producer import ImageRequestClient
 
 __all__ = ["BenchStack", "StackOptions", "add_stack_options", "bench_stack"]
 

@@ -17,7 +17,7 @@ import requests
 
 from devtools.services import REPO_ROOT
 from devtools.stack import local_stack
-from shared.client import ImageRequestClient
+from shared.client.producer import ImageRequestClient
 
 PROMPT_JPEG = "a lighthouse at dusk, watercolour"
 

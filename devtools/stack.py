@@ -196,7 +196,7 @@ def main() -> int:
     try:
         with local_stack(time_scale=1.0, fault_rate=0.0) as stack:
             host = stack.services[-1]
-            print("running; submit with `python -m shared.cli submit ...`; Ctrl-C stops everything")
+            print("running; submit with `python -m shared.ops submit ...`; Ctrl-C stops everything")
             host.process.wait()
             print(
                 f"the host exited with code {host.process.returncode}:\n{host.log_tail()}",

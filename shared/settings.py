@@ -94,6 +94,8 @@ class Settings:
     # 15 min plus one long call stays inside the 30 min functionTimeout of host.json.
     invocation_budget_s: float = 900.0
     quota_container: str = "imagegen-quota"
+    request_deadline_s: float = 86400.0
+    max_connect_errors: int = 5
 
     @property
     def poison_queue(self) -> str:
@@ -181,6 +183,10 @@ class _Reader:
             ),
             quota_scope=self.choice("IMAGE_QUOTA_SCOPE", ("shared", "process")),
             quota_container=self.container_name("IMAGE_QUOTA_CONTAINER", "imagegen-quota"),
+            request_deadline_s=self.number(
+                "IMAGE_REQUEST_DEADLINE_S", 86400.0, 10.0, 30 * 86400.0, float
+            ),
+            max_connect_errors=self.number("IMAGE_MAX_CONNECT_ERRORS", 5, 1, 50, int),
         )
 
     def choice(self, name: str, allowed: tuple[str, ...]) -> str:

@@ -14,7 +14,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devtools.services import REPO_ROOT, Service, python_module, start, wait_until
-from shared.client import ImageRequestClient
+from shared.client.producer import ImageRequestClient
 
 HOST_STARTED = "Host started"  # the host stand-in's log line once its listeners run
 

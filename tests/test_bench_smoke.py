@@ -32,7 +32,7 @@ def test_project_decoder_and_floor_decode_every_image_and_print_a_table() -> Non
     assert all(r.peak_mib is not None for r in report.rows)
     assert len(report.targets) == 1 and report.targets[0].size_mib == TINY_MIB
     text = out.getvalue()
-    assert "| image " in text and "project: shared.sse via ImageApi" in text
+    assert "| image " in text and "project: shared.azure_openai.sse via ImageApi" in text
     assert f"target at {TINY_MIB:g} MiB" in text
 
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from shared.breaker import Breaker, State, Ticket
-from shared.retry import Category
+from shared.policy.breaker import Breaker, State, Ticket
+from shared.policy.outcomes import Category
 from shared.settings import DeploymentConfig, Settings, StorageConfig
 
 R = Category.RETRYABLE

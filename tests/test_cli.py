@@ -1,4 +1,4 @@
-"""`python -m shared.cli` against the running Azurite, with records written as the pipeline writes them.
+"""`python -m shared.ops` against the running Azurite, with records written as the pipeline writes them.
 
 The CLI runs in-process through `main(argv, environ=..., cwd=...)`; one test runs it as a
 subprocess to see what an operator's shell sees (exit code, one line, no traceback).
@@ -26,9 +26,9 @@ from product_stack import Product, start_product
 
 from devtools import azurite
 from devtools.services import REPO_ROOT, free_port, wait_until
-from shared.attempts import AttemptRecord, ErrorInfo, Outcome
-from shared.cli import main, parse_metadata, parse_since
-from shared.contract import InvalidMessage, validate_request
+from shared.contract.request import InvalidMessage, validate_request
+from shared.ops.cli import main, parse_metadata, parse_since
+from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome
 
 TERMINAL_FAILURE = 1
 
@@ -539,7 +539,7 @@ def test_unreachable_storage_exits_3_with_one_line(tmp_path: Path) -> None:
         "PYTHONPATH": str(REPO_ROOT),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "status", "some-id"],
+        [sys.executable, "-m", "shared.ops", "status", "some-id"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.contract import (
+from shared.contract.request import (
     BLOB_PATH_PATTERN,
     FIELDS,
     ID_PATTERN,

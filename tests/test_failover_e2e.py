@@ -31,8 +31,8 @@ from conftest import Emulator, EmulatorFactory
 from product_stack import Product, start_product
 
 from devtools.services import wait_until
-from shared.client import ImageRequestClient
-from shared.contract import encode_message
+from shared.client.producer import ImageRequestClient
+from shared.contract.request import encode_message
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from dataclasses import dataclass
@@ -11,10 +12,17 @@ from conftest import Emulator
 from PIL import Image
 
 from devtools.services import free_port
-from shared.attempts import Outcome
-from shared.image_api import EntraTokenCache, ImageApi, ImageCall, InputFile, _handle_event, _Trace
+from shared.azure_openai.image_api import (
+    EntraTokenCache,
+    ImageApi,
+    ImageCall,
+    InputFile,
+    _handle_event,
+    _Trace,
+)
+from shared.azure_openai.sse import Event
+from shared.records.attempts import Outcome
 from shared.settings import DeploymentConfig
-from shared.sse import Event
 
 
 def api(read_timeout_s: float = 6.0, tokens: EntraTokenCache | None = None) -> ImageApi:
@@ -254,12 +262,104 @@ def test_both_error_event_shapes_are_server_errors_whatever_the_event_name(
     payload: dict[str, object],
 ) -> None:
     for name in ("error", "message", "image_generation.partial_image"):
-        result = _handle_event(Event(event=name, data=json.dumps(payload)), _trace(), None)
+        result = _handle_event(Event(event=name, data=json.dumps(payload)), _trace(), "png", None)
         assert result is not None and result.record.outcome is Outcome.SERVER_ERROR
         assert result.record.error is not None and result.record.error.message == "m"
 
 
 def test_flat_moderation_error_event_is_a_content_filter() -> None:
     payload = {"type": "error", "code": "moderation_blocked", "message": "blocked", "param": None}
-    result = _handle_event(Event(event="error", data=json.dumps(payload)), _trace(), None)
+    result = _handle_event(Event(event="error", data=json.dumps(payload)), _trace(), "png", None)
     assert result is not None and result.record.outcome is Outcome.CONTENT_FILTER
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(out, "JPEG")
+    return out.getvalue()
+
+
+def _completed(b64: object) -> Event:
+    payload: dict[str, object] = {
+        "type": "image_generation.completed",
+        "usage": {"total_tokens": 1},
+    }
+    if b64 is not None:
+        payload["b64_json"] = b64
+    return Event(event="image_generation.completed", data=json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    ("b64", "expected", "code"),
+    [
+        ("!!not base64!!", "png", "invalid_base64"),
+        (base64.b64encode(_png()).decode()[:-3] + "%%%", "png", "invalid_base64"),
+        (base64.b64encode(b"just some text, not an image").decode(), "png", "not_an_image"),
+        (base64.b64encode(_jpeg()).decode(), "png", "wrong_format"),
+        (base64.b64encode(_png()).decode(), "jpeg", "wrong_format"),
+        (None, "png", "no_image"),
+        ("", "png", "no_image"),
+    ],
+)
+def test_a_completed_event_without_a_valid_image_of_the_asked_format_is_invalid_image(
+    b64: object, expected: str, code: str
+) -> None:
+    result = _handle_event(_completed(b64), _trace(), expected, None)
+    assert result is not None and result.image is None
+    assert result.record.outcome is Outcome.INVALID_IMAGE
+    assert result.record.error is not None and result.record.error.code == code
+
+
+def test_a_completed_image_of_the_asked_format_succeeds() -> None:
+    for data, fmt in ((_png(), "png"), (_jpeg(), "jpeg")):
+        result = _handle_event(_completed(base64.b64encode(data).decode()), _trace(), fmt, None)
+        assert result is not None and result.record.succeeded and result.image == data
+
+
+def test_a_partial_with_a_garbage_index_is_stored_under_its_arrival_number() -> None:
+    seen: list[tuple[int, bytes]] = []
+    trace = _trace()
+    for index in ("x", -1, 1.5, True, 0):
+        payload = {
+            "type": "image_generation.partial_image",
+            "partial_image_index": index,
+            "b64_json": base64.b64encode(_png()).decode(),
+        }
+        event = Event(event="image_generation.partial_image", data=json.dumps(payload))
+        assert _handle_event(event, trace, "png", lambda i, d: seen.append((i, d))) is None
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 0]
+    assert trace.partials_received == 5
+
+
+def test_a_failing_token_request_is_a_client_error_record_not_an_exception(
+    emulator: Emulator,
+) -> None:
+    class Broken:
+        def get_token(self, *scopes: str) -> _Token:
+            raise RuntimeError("ManagedIdentityCredential: no identity endpoint")
+
+    client = api(tokens=EntraTokenCache(lambda: Broken()))
+    result = client.attempt(
+        deployment(emulator, api_key=None), generate("token"), attempt_no=3, image_index=1
+    )
+    record = result.record
+    assert record.outcome is Outcome.CLIENT_ERROR and record.http_status is None
+    assert (record.attempt, record.image_index) == (3, 1)
+    assert record.error is not None and "no identity endpoint" in record.error.message
+    assert emulator.calls_for("token") == []  # nothing was sent
+
+
+def test_a_failing_partial_write_is_a_client_error_after_the_call_was_answered(
+    emulator: Emulator,
+) -> None:
+    def on_partial(index: int, data: bytes) -> None:
+        raise OSError("storage is down")
+
+    result = api().attempt(
+        deployment(emulator), generate("partial-write"), attempt_no=1, image_index=0,
+        on_partial=on_partial,
+    )  # fmt: skip
+    record = result.record
+    assert record.outcome is Outcome.CLIENT_ERROR and record.http_status == 200
+    assert record.apim_request_id == emulator.calls_for("partial-write")[0]["apim_request_id"]
+    assert result.image is None

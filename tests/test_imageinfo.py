@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.imageinfo import (
+from shared.records.imageinfo import (
     UnknownImageFormat,
     content_type,
     extension,

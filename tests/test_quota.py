@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from shared.breaker import Breaker
-from shared.quota import BlobQuota, decode_window, encode_window
-from shared.ratelimit import SlidingWindow
-from shared.router import Router, Use
+from shared.policy.breaker import Breaker
+from shared.policy.ratelimit import SlidingWindow
 from shared.settings import DeploymentConfig
+from shared.storage.quota import BlobQuota, decode_window, encode_window
+from shared.worker.router import Router, Use
 
 
 @dataclass

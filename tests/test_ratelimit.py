@@ -1,4 +1,4 @@
-"""Unit tests of shared.ratelimit with a hand-driven clock."""
+"""Unit tests of shared.policy.ratelimit with a hand-driven clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from shared.ratelimit import Admission, RateLimiter, SlidingWindow, parse_reset_duration
+from shared.azure_openai.headers import parse_reset_duration
+from shared.policy.ratelimit import Admission, RateLimiter, SlidingWindow
 
 
 class FakeClock:

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from shared.attempts import AttemptRecord, ErrorInfo, Outcome
-from shared.reporting import (
+from shared.ops.reporting import (
     RequestHistory,
     build_report,
     format_report,
     governing_record,
     request_folders,
 )
+from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome
 
 SINCE = datetime(2026, 5, 6, 14, 0, tzinfo=UTC)
 UNTIL = datetime(2026, 5, 7, 14, 0, tzinfo=UTC)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
-from shared.attempts import AttemptRecord, ErrorInfo, Outcome
-from shared.breaker import Breaker, State
-from shared.ratelimit import RateLimiter
-from shared.router import NoneUsable, Router, Use, WaitFor
+from shared.policy.breaker import Breaker, State
+from shared.policy.ratelimit import RateLimiter
+from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome
 from shared.settings import DeploymentConfig
+from shared.worker.router import NoneUsable, Router, Use, WaitFor
 
 
 @dataclass

@@ -16,18 +16,16 @@ import base64
 import io
 import json
 import re
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from conftest import Emulator, EmulatorFactory
+from managed_identity import ManagedIdentityEndpoint
 from PIL import Image
 from product_stack import Product, start_product
 
@@ -52,49 +50,6 @@ def needles(secret: str) -> list[bytes]:
     and base64 of the whole secret."""
     random_part = max(re.findall(r"[0-9a-f]{16,}", secret), key=len)
     return [random_part[:12].encode(), base64.b64encode(secret.encode())]
-
-
-class ManagedIdentityEndpoint:
-    """App Service's managed identity endpoint, as `ManagedIdentityCredential` calls it."""
-
-    def __init__(self, token: str, header: str) -> None:
-        self.calls: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.headers.get("X-IDENTITY-HEADER") != header:
-                    self.send_error(401)
-                    return
-                outer.calls.append(self.path)
-                body = json.dumps(
-                    {
-                        "access_token": token,
-                        "expires_on": str(int(time.time()) + 3600),
-                        "resource": "https://cognitiveservices.azure.com",
-                        "token_type": "Bearer",
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # quiet: pytest's output is not where secrets should be looked for either
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/msi/token"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @dataclass

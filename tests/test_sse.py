@@ -1,4 +1,4 @@
-"""Unit tests of shared.sse: line endings, chunk boundaries, WHATWG field rules, truncation."""
+"""Unit tests of shared.azure_openai.sse: line endings, chunk boundaries, WHATWG field rules, truncation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from shared.sse import Event, EventParser, LineSplitter, TruncatedStream, iter_events
+from shared.azure_openai.sse import Event, EventParser, LineSplitter, TruncatedStream, iter_events
 
 
 def events(*chunks: bytes) -> list[Event]:

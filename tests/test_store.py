@@ -18,8 +18,8 @@ from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClie
 from PIL import Image
 
 from devtools.services import wait_until
-from shared.imageinfo import UnknownImageFormat
-from shared.store import (
+from shared.records.imageinfo import UnknownImageFormat
+from shared.storage.store import (
     ImageInfo,
     InputNotFound,
     LeaseLost,
@@ -400,7 +400,7 @@ def test_renewals_failing_for_a_whole_lease_lose_it(caplog: pytest.LogCaptureFix
     clock = FakeClock()
     lease = FlakyLease(clock, failures=10**6, release_error=True)
     with (
-        caplog.at_level(logging.WARNING, logger="shared.store"),
+        caplog.at_level(logging.WARNING, logger="shared.storage.store"),
         RequestLock(lease, "r/status.json", 60, renew_every_s=0.01, clock=clock).start() as lock,
     ):
         wait_until(lambda: lease.renew_calls >= 3, timeout=10, what="three failed renewals")

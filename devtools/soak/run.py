@@ -21,7 +21,7 @@ from devtools.soak.evidence import Evidence, HostLogSummary, count_lines, read_s
 from devtools.soak.observe import EmulatorWatch, HostLog
 from devtools.soak.stack import CONTAINER, QUEUE, SoakStack, start_hosts, start_stack
 from devtools.soak.workload import Workload, plan_workload
-from shared.client import ImageRequestClient
+from shared.client.producer import ImageRequestClient
 
 log = logging.getLogger("soak")
 

@@ -1,4 +1,4 @@
-"""Operators' command line: `python -m shared.cli submit|status|fetch|list|report|requeue-poison`.
+"""Operators' command line: `python -m shared.ops submit|status|fetch|list|report|requeue-poison`.
 
 Works from an operator's shell that has only the storage settings (no AZURE_OPENAI_*), reading
 `local.settings.json` in the current directory under the environment, as Core Tools does.
@@ -6,7 +6,7 @@ Exit codes: 0 done, 1 a request failed (or is unknown, or not finished), 2 usage
 3 storage unreachable. Storage errors end in one line on stderr, never a traceback.
 
 This module parses arguments, says what happened and picks the exit code; what is done to the
-blobs and the queue is in `shared.operations`.
+blobs and the queue is in `shared.ops.operations`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from shared.client import RequestTimeout
-from shared.contract import InvalidMessage
-from shared.operations import (
+from shared.client.producer import RequestTimeout
+from shared.contract.request import InvalidMessage
+from shared.ops.operations import (
     RequeueOutcome,
     Storage,
     find_requests,
@@ -39,10 +39,10 @@ from shared.operations import (
     record_status,
     requeue_poisoned,
 )
-from shared.records import Status
-from shared.reporting import ERROR, Folder, build_report, format_report
+from shared.ops.reporting import ERROR, Folder, build_report, format_report
+from shared.records.documents import Status
 from shared.settings import OperatorSettings, SettingsError
-from shared.store import StoreError
+from shared.storage.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 LOCAL_SETTINGS = "local.settings.json"
@@ -375,7 +375,7 @@ def _unreachable_reason(exc: BaseException) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.cli",
+        prog="python -m shared.ops",
         description="Submit image requests, follow them, and report failures for support.",
         epilog="Exit codes: 0 done, 1 a request failed, 2 usage or settings, 3 storage unreachable.",
     )
@@ -485,7 +485,3 @@ def main(
 
 def _first_line(exc: BaseException) -> str:
     return _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContentSettings
 
-from shared.imageinfo import (
+from shared.records.imageinfo import (
     content_type,
     extension,
     image_dimensions,

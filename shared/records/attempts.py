@@ -13,7 +13,7 @@ from typing import Any
 
 
 class Outcome(StrEnum):
-    """How an attempt ended (DESIGN.md section 5)."""
+    """How an attempt ended (docs/design.md §5); what each means is `shared.policy.outcomes`."""
 
     SUCCEEDED = "succeeded"
     SERVER_ERROR = "server_error"  # an SSE `error` event, or a 5xx
@@ -27,6 +27,9 @@ class Outcome(StrEnum):
     CONTENT_FILTER = "content_filter"  # moderation_blocked / content_filter
     INVALID_REQUEST = "invalid_request"  # 400 to a request we thought valid
     AUTH_ERROR = "auth_error"  # 401 / 403
+    # A completed event whose bytes are not a PNG/JPEG of the asked format (or not base64 at all).
+    INVALID_IMAGE = "invalid_image"
+    CLIENT_ERROR = "client_error"  # our client failed while making or handling the call
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +129,8 @@ def iso_utc(moment: datetime) -> str:
     return (
         moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     )
+
+
+def epoch_s(iso: str) -> float:
+    """Epoch seconds of an `iso_utc` timestamp (attempt records carry wall-clock times as text)."""
+    return datetime.fromisoformat(iso).timestamp()

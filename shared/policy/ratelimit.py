@@ -12,13 +12,12 @@ the window (`observe_headers`), and why a 429 is still handled by the retry poli
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Admission", "RateLimiter", "SlidingWindow", "parse_reset_duration"]
+__all__ = ["Admission", "RateLimiter", "SlidingWindow"]
 
 _MIN_WAIT_S = 0.001
 
@@ -100,37 +99,6 @@ def _insert(sent: tuple[float, ...], moment: float) -> tuple[float, ...]:
     # Keeps the tuple sorted even if a caller's clock is not monotonic.
     at = bisect.bisect_right(sent, moment)
     return (*sent[:at], moment, *sent[at:])
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
-
-
-def parse_reset_duration(raw: str | None) -> float | None:
-    """Seconds from an `x-ratelimit-reset-requests` value: `"6s"`, `"1m30s"`, `"250ms"` or `"12.5"`.
-
-    OpenAI writes Go-style durations there; plain numbers are taken as seconds. None when absent or
-    unparseable.
-    """
-    if raw is None:
-        return None
-    text = raw.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        return value if value >= 0 and value != float("inf") else None
-    total = 0.0
-    position = 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        number, unit = float(match.group(1)), match.group(2)
-        total += number * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[unit]
-        position = match.end()
-    return total if position == len(text) and position > 0 else None
 
 
 class RateLimiter:

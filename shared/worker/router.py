@@ -1,4 +1,4 @@
-"""Which deployment the next attempt goes to (DESIGN.md section 7, issue 5).
+"""Which deployment the next attempt goes to (docs/design.md §7).
 
 `Router` holds one `Breaker` per deployment and asks a quota (the per-process `RateLimiter` or the
 cross-instance `BlobQuota`, anything with `acquire_wait` and `observe`) for the request budget. A
@@ -7,20 +7,11 @@ fewer recent failures; then the configured order), skips those whose breaker say
 quota is known to be spent, and takes the budget of the first that has some. So a `Use` answer
 means: the breaker's ticket is claimed and the send is recorded in the quota; send now.
 
-How the pipeline drives it, per attempt of an image:
-
-    choice = router.pick(now)                      # or pick(now, exclude={last.deployment})
-    match choice:
-        case Use(deployment, ticket):  record = attempt(deployment)
-                                       router.report(deployment.name, record, now, ticket=ticket)
-        case WaitFor(seconds, reason): sleep inline, or re-enqueue when longer than the inline cap
-        case NoneUsable(message):      fail the invocation (the host redelivers, then poisons)
-
-After a failed attempt the retry policy names a backoff. "A retry goes at once to the next usable
-deployment by priority, backing off only when none is usable": first try
-`pick(now, exclude={failed deployment})`; on `Use`, send at once without the backoff; on anything
-else, apply the backoff and `pick(now)` again. With `exclude`, `NoneUsable` still only means that
-every deployment is disabled.
+How the pipeline drives it, per call: it asks the planner (`shared.policy.planner`) with
+`view(now)`, what the router knows of each deployment; the planner names one; `claim(name, now)`
+takes that deployment's breaker ticket and a quota slot (`Use`), or says to wait (`WaitFor`) when
+another instance or thread took the budget first; the call's record goes back through `report`.
+`pick` is the same walk in one step (first usable by preference), for callers without a planner.
 
 A `Use` must always be reported (in a `finally`), or a probe stays claimed until its timeout.
 The router never sleeps and takes `now` as an argument (a monotonic clock); the quota does its own
@@ -35,10 +26,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from shared.attempts import AttemptRecord, Outcome
-from shared.breaker import Breaker, State, Ticket
-from shared.ratelimit import parse_reset_duration
-from shared.retry import classify, describe
+from shared.azure_openai.headers import parse_reset_duration
+from shared.policy.breaker import Breaker, State, Ticket
+from shared.policy.outcomes import MAX_RETRY_AFTER_S, describe, judge
+from shared.policy.planner import DeploymentView
+from shared.records.attempts import AttemptRecord, Outcome
 
 if TYPE_CHECKING:
     from shared.settings import DeploymentConfig, Settings
@@ -49,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class QuotaGate(Protocol):
-    """A request budget per deployment: `shared.ratelimit.RateLimiter`, `shared.quota.BlobQuota`."""
+    """A request budget per deployment: `shared.policy.ratelimit.RateLimiter`, `shared.storage.quota.BlobQuota`."""
 
     def acquire_wait(self, name: str, limit: int) -> float:
         """0.0 when a send is allowed now (and recorded); otherwise seconds to wait first."""
@@ -152,15 +144,57 @@ class Router:
     ) -> None:
         """Feed an attempt's outcome back: the breaker's state and the quota's view."""
         deployment = self._by_name[name]
-        category = classify(record)
+        verdict = judge(record)
+        retry_after = _trusted_retry_after(record)
         with self._lock:
             before = self._breakers[name]
-            after = before.record(category, now, record.retry_after_s, ticket, describe(record))
+            after = before.record(
+                verdict.category, now, retry_after, ticket, describe(record), verdict.health
+            )
             self._breakers[name] = after
-            if record.outcome is Outcome.RATE_LIMITED and record.retry_after_s is not None:
-                self._hold_quota(name, now + record.retry_after_s - record.headers_age_s)
+            if record.outcome is Outcome.RATE_LIMITED and retry_after is not None:
+                self._hold_quota(name, now + retry_after - record.headers_age_s)
         _log_transition(name, before, after, now)
         self._observe_quota(deployment, record, now)
+
+    def view(self, now: float) -> tuple[DeploymentView, ...]:
+        """What the planner needs of every deployment, in order of preference (see module doc)."""
+        with self._lock:
+            views = []
+            for d in self._ranked():
+                breaker = self._breakers[d.name]
+                if breaker.disabled(now):
+                    reason = f"{breaker.reason}; probe in {breaker.until - now:.0f}s"
+                    views.append(DeploymentView(d.name, breaker.until - now, True, reason))
+                    continue
+                breaker_at = breaker.ready_at(now)
+                quota_at = max(now, self._quota_free_at.get(d.name, now))
+                if breaker_at > now and breaker_at >= quota_at:
+                    reason = f"breaker {breaker.status(now).value} ({breaker.reason})"
+                elif quota_at > now:
+                    reason = "request quota spent"
+                else:
+                    reason = ""
+                views.append(DeploymentView(d.name, max(breaker_at, quota_at) - now, False, reason))
+            return tuple(views)
+
+    def claim(self, name: str, now: float) -> Use | WaitFor:
+        """Take `name`'s breaker ticket and a quota slot for one call, or say how long to wait.
+
+        WaitFor(0) means another thread took the probe a moment ago: ask again, but do not spin.
+        """
+        choice = self._try(self._by_name[name], now)
+        if choice is not None:
+            return choice
+        with self._lock:
+            free_at = self._quota_free_at.get(name, now)
+        return WaitFor(max(0.0, free_at - now), f"{name}: request quota spent or probe taken")
+
+    def release(self, use: Use) -> None:
+        """Give back a claim whose call never produced a record (it raised before sending)."""
+        with self._lock:
+            name = use.deployment.name
+            self._breakers[name] = self._breakers[name].release(use.ticket)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -240,7 +274,8 @@ class Router:
         """
         age = record.headers_age_s
         if record.outcome is Outcome.RATE_LIMITED:
-            retry_after = None if record.retry_after_s is None else record.retry_after_s - age
+            trusted = _trusted_retry_after(record)
+            retry_after = None if trusted is None else trusted - age
             if retry_after is None or retry_after > 0:
                 self._quota.observe(deployment.name, deployment.rpm, 0, retry_after)
             return
@@ -256,6 +291,12 @@ class Router:
         if int(remaining) == 0 and reset_s is not None:
             with self._lock:
                 self._hold_quota(deployment.name, now + reset_s)
+
+
+def _trusted_retry_after(record: AttemptRecord) -> float | None:
+    if record.retry_after_s is None:
+        return None
+    return min(max(0.0, record.retry_after_s), MAX_RETRY_AFTER_S)
 
 
 def _log_transition(name: str, before: Breaker, after: Breaker, now: float) -> None:

@@ -7,9 +7,9 @@ Nothing here decides whether to retry: it reports what happened, classified into
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,10 +20,16 @@ from typing import Any, Literal, Protocol
 import requests
 import urllib3.exceptions
 
-from shared.attempts import AttemptRecord, ErrorInfo, Outcome, iso_utc, utc_now
-from shared.retry import parse_retry_after
+from shared.azure_openai.headers import parse_retry_after
+from shared.azure_openai.sse import Event, TruncatedStream, iter_events
+from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome, iso_utc, utc_now
+from shared.records.imageinfo import (
+    UnknownImageFormat,
+    image_dimensions,
+    image_format,
+    normalise_format,
+)
 from shared.settings import DeploymentConfig
-from shared.sse import Event, TruncatedStream, iter_events
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 CHUNK_BYTES = 64 * 1024
@@ -44,6 +50,8 @@ CONTENT_FILTER_CODES = frozenset(
 )
 
 OnPartial = Callable[[int, bytes], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +179,24 @@ class ImageApi:
             monotonic=self._monotonic,
         )
         try:
+            return self._attempt(deployment, call, trace, on_partial)
+        except Exception as exc:
+            # Whatever failed (a token request, a partial's blob write, a bug), the call still ends as
+            # a record: the caller reports it to the router and counts it when it may be billed.
+            log.warning(
+                "attempt %d on %s: the client failed: %s: %s",
+                attempt_no, deployment.name, type(exc).__name__, exc,
+            )  # fmt: skip
+            return trace.fail(Outcome.CLIENT_ERROR, _transport_error(type(exc).__name__, exc))
+
+    def _attempt(
+        self,
+        deployment: DeploymentConfig,
+        call: ImageCall,
+        trace: _Trace,
+        on_partial: OnPartial | None,
+    ) -> AttemptResult:
+        try:
             response = self._send(deployment, call)
         except requests.exceptions.ConnectTimeout as exc:
             return trace.fail(Outcome.CONNECT_ERROR, _transport_error("connect_timeout", exc))
@@ -184,7 +210,7 @@ class ImageApi:
             trace.response(response)
             if response.status_code != 200:
                 return trace.http_failure(response)
-            return self._read_stream(response, trace, on_partial)
+            return self._read_stream(response, trace, call, on_partial)
 
     def _send(self, deployment: DeploymentConfig, call: ImageCall) -> requests.Response:
         headers = {"Accept": "text/event-stream", **self._auth_headers(deployment)}
@@ -206,12 +232,17 @@ class ImageApi:
         )
 
     def _read_stream(
-        self, response: requests.Response, trace: _Trace, on_partial: OnPartial | None
+        self,
+        response: requests.Response,
+        trace: _Trace,
+        call: ImageCall,
+        on_partial: OnPartial | None,
     ) -> AttemptResult:
+        expected = normalise_format(str(call.fields.get("output_format") or "png"))
         try:
             for event in iter_events(_chunks(response)):
                 trace.event()
-                result = _handle_event(event, trace, on_partial)
+                result = _handle_event(event, trace, expected, on_partial)
                 if result is not None:
                     return result
         except TruncatedStream:
@@ -253,7 +284,7 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
 
 
 def _handle_event(
-    event: Event, trace: _Trace, on_partial: OnPartial | None
+    event: Event, trace: _Trace, expected: str, on_partial: OnPartial | None
 ) -> AttemptResult | None:
     try:
         payload = json.loads(event.data)
@@ -268,26 +299,62 @@ def _handle_event(
         return trace.fail(outcome, error)
     if kind.endswith(".partial_image"):
         trace.partials_received += 1
-        if on_partial is not None and isinstance(payload.get("b64_json"), str):
-            on_partial(
-                int(payload.get("partial_image_index", trace.partials_received - 1)),
-                _b64(payload["b64_json"]),
-            )
+        data = payload.get("b64_json")
+        if on_partial is not None and isinstance(data, str):
+            image = _b64(data)
+            if image is not None:  # a broken partial is only a missed preview, not a failure
+                on_partial(_partial_index(payload, trace.partials_received - 1), image)
         return None
-    if kind.endswith(".completed") and isinstance(payload.get("b64_json"), str):
-        image = _b64(payload["b64_json"])
-        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
-        return AttemptResult(trace.record(Outcome.SUCCEEDED), image=image, usage=usage)
+    if kind.endswith(".completed"):
+        return _completed(payload, trace, expected)
     return None
 
 
-def _b64(text: str) -> bytes:
-    # a2b_base64 reads an ASCII str in place; b64decode would first copy it to bytes (30 MB).
-    # strict_mode=True is exactly what b64decode(validate=True) passes down.
+def _completed(payload: Mapping[str, Any], trace: _Trace, expected: str) -> AttemptResult:
+    """The final event: a success only when it carries an image of the format asked for."""
+    data = payload.get("b64_json")
+    if not isinstance(data, str) or not data:
+        return trace.fail(
+            Outcome.INVALID_IMAGE, ErrorInfo(None, "no_image", "the completed event has no image")
+        )
+    image = _b64(data)
+    if image is None:
+        return trace.fail(
+            Outcome.INVALID_IMAGE,
+            ErrorInfo(None, "invalid_base64", "the completed event's b64_json is not base64"),
+        )
+    try:
+        found = image_format(image)
+        image_dimensions(image)
+    except UnknownImageFormat as exc:
+        return trace.fail(Outcome.INVALID_IMAGE, ErrorInfo(None, "not_an_image", str(exc)))
+    if found != expected:
+        return trace.fail(
+            Outcome.INVALID_IMAGE,
+            ErrorInfo(None, "wrong_format", f"asked for {expected}, the image is {found}"),
+        )
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
+    return AttemptResult(trace.record(Outcome.SUCCEEDED), image=image, usage=usage)
+
+
+def _partial_index(payload: Mapping[str, Any], fallback: int) -> int:
+    """`partial_image_index` when it is a non-negative integer; else the count received so far."""
+    index = payload.get("partial_image_index")
+    if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+        return index
+    return fallback
+
+
+def _b64(text: str) -> bytes | None:
+    """Strictly decoded base64, or None. No lenient fallback: a damaged image must not be stored.
+
+    a2b_base64 reads an ASCII str in place; b64decode would first copy it to bytes (30 MB).
+    strict_mode=True is exactly what b64decode(validate=True) passes down.
+    """
     try:
         return binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
-        return base64.b64decode(text)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _error_from_event(payload: Mapping[str, Any]) -> ErrorInfo:

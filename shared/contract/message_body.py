@@ -5,7 +5,7 @@ so `decode_body` accepts both and turns every other body into `InvalidMessage` i
 a malformed message must end as a `rejected` record, never loop into the poison queue unexplained.
 
 This module knows bytes, text, JSON and base64, and nothing of the request's fields: those are
-`shared.contract`'s job, which imports from here (never the other way, so there is no cycle).
+`shared.contract.request`'s job, which imports from here (never the other way, so there is no cycle).
 `InvalidMessage` lives here because decoding is the first place that raises it; the contract
 re-exports it with `decode_body`, `body_id` and `excerpt`, so callers import them from either.
 """

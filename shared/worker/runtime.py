@@ -6,42 +6,24 @@ invocations, and the router's breakers must see every call the process makes.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient, QueueServiceClient
+from azure.storage.queue import QueueClient
 
-from shared.attempts import utc_now
-from shared.image_api import ImageApi
-from shared.quota import BlobQuota
-from shared.ratelimit import RateLimiter
-from shared.retry import RetryPolicy
-from shared.router import QuotaGate, Router
-from shared.settings import Settings, StorageConfig
-from shared.store import RequestStore
-
-
-def blob_service(config: StorageConfig, **client_kwargs: Any) -> BlobServiceClient:
-    """`client_kwargs` go to the SDK client as they are (retry_total, connection_timeout, ...)."""
-    if config.connection_string is not None:
-        return BlobServiceClient.from_connection_string(config.connection_string, **client_kwargs)
-    return BlobServiceClient(config.blob_service_uri or "", credential=_identity(), **client_kwargs)
-
-
-def queue_service(config: StorageConfig, **client_kwargs: Any) -> QueueServiceClient:
-    """`client_kwargs` go to the SDK client as they are (retry_total, connection_timeout, ...)."""
-    if config.connection_string is not None:
-        return QueueServiceClient.from_connection_string(config.connection_string, **client_kwargs)
-    return QueueServiceClient(
-        config.queue_service_uri or "", credential=_identity(), **client_kwargs
-    )
-
+from shared.azure_openai.image_api import ImageApi
+from shared.policy.planner import Planner
+from shared.policy.ratelimit import RateLimiter
+from shared.records.attempts import utc_now
+from shared.settings import Settings
+from shared.storage.clients import blob_service, queue_service
+from shared.storage.quota import BlobQuota
+from shared.storage.store import RequestStore
+from shared.worker.router import QuotaGate, Router
 
 # Our window opens a send slot when our own record of a send expires; the deployment's window
 # counts from when the send arrived, a little later and by a varying amount. Waiting 2 % longer
@@ -57,12 +39,6 @@ def quota_gate(settings: Settings, blobs: BlobServiceClient) -> QuotaGate:
     return BlobQuota.for_service(blobs, settings.quota_container, window_s=window_s)
 
 
-def _identity():  # type: ignore[no-untyped-def]
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
-
-
 @dataclass
 class Runtime:
     """Everything the pipeline needs, with time, sleep and randomness injectable for tests."""
@@ -72,8 +48,7 @@ class Runtime:
     requests_queue: QueueClient
     api: ImageApi
     router: Router
-    policy: RetryPolicy
-    rng: random.Random = field(default_factory=random.Random)
+    planner: Planner
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = utc_now
@@ -94,7 +69,7 @@ class Runtime:
                 read_timeout_s=settings.read_timeout_s,
             ),
             router=Router.from_settings(settings, quota_gate(settings, blobs)),
-            policy=RetryPolicy.from_settings(settings),
+            planner=Planner.from_settings(settings),
         )
 
     def ensure_ready(self) -> None:

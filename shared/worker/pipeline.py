@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.attempts import AttemptRecord, iso_utc
-from shared.contract import (
+from shared.azure_openai.image_api import AttemptResult, ImageCall, InputFile, OnPartial
+from shared.contract.request import (
     ID_PATTERN,
     GenerationRequest,
     InvalidMessage,
@@ -23,25 +23,36 @@ from shared.contract import (
     excerpt,
     parse_message,
 )
-from shared.image_api import ImageCall, InputFile
-from shared.records import (
+from shared.policy.outcomes import judge
+from shared.policy.planner import (
+    Done,
+    FailInvocation,
+    GiveUp,
+    Requeue,
+    Send,
+    Situation,
+    Wait,
+)
+from shared.records.attempts import AttemptRecord, epoch_s, iso_utc
+from shared.records.documents import (
     ErrorKind,
     Status,
-    attempts_from_status,
     error_doc,
     manifest_doc,
     status_doc,
 )
-from shared.retry import FailInvocation, GiveUp, Requeue, RetryNow, Succeeded
-from shared.router import NoneUsable, Use, WaitFor
-from shared.runtime import Runtime
-from shared.store import ImageInfo, InputNotFound, LockHeld, RequestLock
+from shared.records.history import CallHistory
+from shared.storage.store import ImageInfo, InputNotFound, LockHeld, RequestLock
+from shared.worker.router import Use
+from shared.worker.runtime import Runtime
 
 log = logging.getLogger("imagegen.pipeline")
 
 PROMPT_LOG_CHARS = 80
-# WaitFor(0) means another thread took the slot a moment ago: ask again, but do not spin.
+# A claim refused with no wait means another thread took the slot a moment ago: ask again, no spin.
 MIN_PICK_PAUSE_S = 0.02
+# Waits at least this long are shown in status.json (`retrying`); shorter quota waits are not.
+SHOWN_WAIT_S = 1.0
 INPUT_CONTENT_TYPES = {
     "png": "image/png",
     "jpg": "image/jpeg",
@@ -120,13 +131,15 @@ class _Job:
     request: GenerationRequest
     message_id: str
     rt: Runtime
-    attempts: list[AttemptRecord] = field(default_factory=list)
+    history: CallHistory = field(default_factory=CallHistory)
     images: dict[int, ImageInfo] = field(default_factory=dict)
     created_at: str = ""
+    first_delivery_at: str = ""  # the deadline counts from here, across every delivery
     lock: RequestLock | None = None
     status: dict[str, Any] | None = None  # status.json as the last check under the lock read it
-    started: float | None = None  # monotonic start of this delivery
-    calls_made: int = 0  # attempts made by this delivery
+    started: float = 0.0  # monotonic start of this delivery, for the invocation's time budget
+    delivery_started: float = 0.0  # the same moment on the wall clock (epoch seconds, ms floor)
+    delivery_calls: int = 0
 
     @property
     def id(self) -> str:
@@ -134,6 +147,7 @@ class _Job:
 
     def run(self) -> Result:
         self.started = self.rt.monotonic()
+        self.delivery_started = math.floor(self.rt.now().timestamp() * 1000) / 1000
         duplicate = self._finished_or_reused()
         if duplicate is not None:
             return duplicate
@@ -189,7 +203,7 @@ class _Job:
             Status(final),
             updated_at=iso_utc(self.rt.now()),
             images_done=len(record.get("images") or []),
-            attempts=attempts_from_status(record),
+            attempts=CallHistory.from_doc(record),
             request_hash=record.get("request_hash"),
             created_at=record.get("created_at"),
         )
@@ -218,9 +232,11 @@ class _Job:
 
     def _work(self) -> Result:
         request = self.request
-        status = self.status  # read under the lock by _finished_or_reused, just before
-        self.attempts = attempts_from_status(status)
-        self.created_at = (status or {}).get("created_at") or iso_utc(self.rt.now())
+        status = self.status or {}  # read under the lock by _finished_or_reused, just before
+        self.history = CallHistory.from_doc(status)
+        now = iso_utc(self.rt.now())
+        self.created_at = status.get("created_at") or now
+        self.first_delivery_at = status.get("first_delivery_at") or now
         log.info(
             "request %s: %s %s %s n=%d partial_images=%d prompt=%r",
             self.id, request.operation, request.size, request.quality, request.n,
@@ -261,66 +277,39 @@ class _Job:
         return InputFile(name, data, INPUT_CONTENT_TYPES.get(ext, "application/octet-stream"))
 
     def _generate(self, index: int, inputs: _Inputs) -> Result | None:
-        """Attempt image `index` until it exists, or return how this delivery ends."""
+        """Carry out the planner's steps for image `index` until it is stored or the delivery ends."""
         while True:
             self._check_lock()  # A call made without the lease may be made again by its new holder.
-            if self._over_budget():
-                # Stay well inside functionTimeout: the rest continues in a fresh invocation.
-                return self._continue_later(1, "the invocation's time budget is used")
-            history = [a for a in self.attempts if a.image_index == index]
-            match self.rt.policy.decide(history, self.rt.rng):
-                case Succeeded() if index in self.images:
+            match self.rt.planner.next_step(self._situation(index)):
+                case Done():
                     return None
+                case Send() as send:
+                    self._send(index, send, inputs)
+                case Wait(seconds=seconds, reason=reason):
+                    if seconds >= SHOWN_WAIT_S:
+                        self._write_status(Status.RETRYING, detail=reason)
+                    self.rt.sleep(max(seconds, MIN_PICK_PAUSE_S))
+                case Requeue(seconds=seconds, reason=reason):
+                    return self._continue_later(seconds, reason)
                 case GiveUp(kind=kind, message=message):
-                    return self._fail(Status.FAILED, ErrorKind(kind), message)
-                case RetryNow(delay_s=wait):
-                    later = False
-                case Requeue(delay_s=wait):
-                    later = True
-                case Succeeded() | FailInvocation():
-                    # A configuration error from an earlier delivery (or process) is not final:
-                    # the router knows whether the deployment is still out of rotation.
-                    wait, later = 0.0, False
-            choice = self._failover(history) if wait > 0 else None
-            if choice is None:
-                if later:
-                    return self._continue_later(wait, f"image {index} retries in {wait:.1f}s")
-                if wait > 0:
-                    self._write_status(Status.RETRYING)
-                    self.rt.sleep(wait)
-                picked = self._pick()
-                if isinstance(picked, Result):
-                    return picked
-                choice = picked
-            self._attempt(index, choice, history, inputs)
-
-    def _over_budget(self) -> bool:
-        if self.started is None or self.calls_made == 0:
-            return False
-        return self.rt.monotonic() - self.started > self.rt.settings.invocation_budget_s
-
-    def _failover(self, history: list[AttemptRecord]) -> Use | None:
-        """A retry goes at once to another usable deployment; backoff only when there is none."""
-        last = history[-1] if history else None
-        if last is None or last.succeeded or len(self.rt.router.deployments) < 2:
-            return None
-        choice = self.rt.router.pick(self.rt.monotonic(), exclude={last.deployment})
-        return choice if isinstance(choice, Use) else None
-
-    def _pick(self) -> Use | Result:
-        """A deployment with budget now; short waits inline, long ones by a continuation."""
-        while True:
-            choice = self.rt.router.pick(self.rt.monotonic())
-            match choice:
-                case Use():
-                    return choice
-                case NoneUsable(message=message):
+                    return self._fail(Status.FAILED, kind, message)
+                case FailInvocation(message=message):
                     self._write_status(Status.RETRYING, detail=message)
                     raise InvocationFailed(f"request {self.id}: {message}")
-                case WaitFor(seconds=seconds, reason=reason):
-                    if seconds > self.rt.settings.inline_wait_max_s:
-                        return self._continue_later(seconds, reason)
-                    self.rt.sleep(max(seconds, MIN_PICK_PAUSE_S))
+
+    def _situation(self, index: int) -> Situation:
+        monotonic = self.rt.monotonic()
+        return Situation(
+            history=self.history.for_image(index),
+            deployments=self.rt.router.view(monotonic),
+            now=self.rt.now().timestamp(),
+            deadline=epoch_s(self.first_delivery_at) + self.rt.settings.request_deadline_s,
+            delivery_started=self.delivery_started,
+            budget_left_s=self.rt.settings.invocation_budget_s - (monotonic - self.started),
+            delivery_calls=self.delivery_calls,
+            requested_partials=self.request.partial_images,
+            image_stored=index in self.images,
+        )
 
     def _continue_later(self, delay_s: float, reason: str) -> Result:
         self._write_status(Status.RETRYING, detail=reason)
@@ -328,41 +317,33 @@ class _Job:
         log.info("request %s continues in %.1fs by a new message: %s", self.id, delay_s, reason)
         return Result.REQUEUED
 
-    def _attempt(self, index: int, use: Use, history: list[AttemptRecord], inputs: _Inputs) -> None:
-        request = self.request
-        deployment = use.deployment
-        partial_images = self.rt.policy.partial_images(request.partial_images, history)
-        call = ImageCall(
-            operation=request.operation,
-            fields=_api_fields(request),
-            partial_images=partial_images,
-            images=inputs[0],
-            mask=inputs[1],
-        )
-        on_partial = None
-        if request.save_partials:
-
-            def on_partial(partial_index: int, data: bytes) -> None:
-                self.rt.store.write_partial(
-                    self.id, index, partial_index, data, request.output_format
+    def _send(self, index: int, send: Send, inputs: _Inputs) -> None:
+        """One call as the planner named it; its record reaches the router whatever happens."""
+        claim = self.rt.router.claim(send.deployment, self.rt.monotonic())
+        if not isinstance(claim, Use):
+            # Another thread or instance took the slot first; the router's view now says how long.
+            self.rt.sleep(MIN_PICK_PAUSE_S)
+            return
+        result: AttemptResult | None = None
+        try:
+            result = self.rt.api.attempt(
+                claim.deployment,
+                self._call(send.partial_images, inputs),
+                attempt_no=self.history.calls + 1,
+                image_index=index,
+                on_partial=self._partial_writer(index),
+            )
+        finally:
+            if result is None:
+                self.rt.router.release(claim)  # it raised before a record existed
+            else:
+                self.rt.router.report(
+                    claim.deployment.name, result.record, self.rt.monotonic(), ticket=claim.ticket
                 )
-
-        result = self.rt.api.attempt(
-            deployment,
-            call,
-            attempt_no=len(self.attempts) + 1,
-            image_index=index,
-            on_partial=on_partial,
-        )
-        self.calls_made += 1
         record = result.record
-        self.rt.router.report(deployment.name, record, self.rt.monotonic(), ticket=use.ticket)
-        self.attempts.append(record)
-        log.info(
-            "attempt id=%s image=%d attempt=%d deployment=%s status=%s apim-request-id=%s seconds=%.1f outcome=%s",
-            self.id, index, record.attempt, record.deployment, record.http_status,
-            record.apim_request_id, record.elapsed_s, record.outcome.value,
-        )  # fmt: skip
+        self.delivery_calls += 1
+        self.history.add(record, billed=lambda r: judge(r).billed)
+        _log_attempt(self.id, record)
         self._check_lock()
         # The history first, then the image: a manifest must never list an image without the
         # call that made it. A crash in between costs a call (the image is made again), not truth.
@@ -372,10 +353,29 @@ class _Job:
                 self.id,
                 index,
                 result.image,
-                request.output_format,
+                self.request.output_format,
                 request_id=self.id,
                 usage=result.usage,
             )
+
+    def _call(self, partial_images: int, inputs: _Inputs) -> ImageCall:
+        return ImageCall(
+            operation=self.request.operation,
+            fields=_api_fields(self.request),
+            partial_images=partial_images,
+            images=inputs[0],
+            mask=inputs[1],
+        )
+
+    def _partial_writer(self, index: int) -> OnPartial | None:
+        if not self.request.save_partials:
+            return None
+        fmt = self.request.output_format
+
+        def write(partial_index: int, data: bytes) -> None:
+            self.rt.store.write_partial(self.id, index, partial_index, data, fmt)
+
+        return write
 
     def _check_lock(self) -> None:
         if self.lock is not None and self.lock.lost:
@@ -391,7 +391,7 @@ class _Job:
             request=self.request.model_dump(mode="json"),
             request_hash=self.request.request_hash(),
             images=[self.images[i].to_json() for i in sorted(self.images)],
-            attempts=self.attempts,
+            attempts=self.history,
             created_at=self.created_at,
             completed_at=now,
             metadata=dict(self.request.metadata),
@@ -402,7 +402,7 @@ class _Job:
             "request %s succeeded: %d image(s), %d attempt(s)",
             self.id,
             len(self.images),
-            len(self.attempts),
+            self.history.calls,
         )
         return Result.SUCCEEDED
 
@@ -418,7 +418,7 @@ class _Job:
             request=self.request.model_dump(mode="json"),
             request_hash=self.request.request_hash(),
             images=[self.images[i].to_json() for i in sorted(self.images)],
-            attempts=self.attempts,
+            attempts=self.history,
             metadata=dict(self.request.metadata),
             input_text=excerpt(self.request.to_message()) if status is Status.REJECTED else None,
             queue_message_id=self.message_id,
@@ -434,10 +434,11 @@ class _Job:
             status,
             updated_at=iso_utc(self.rt.now()),
             images_done=len(self.images),
-            attempts=self.attempts,
+            attempts=self.history,
             request_hash=self.request.request_hash(),
             created_at=self.created_at or None,
             detail=detail,
+            first_delivery_at=self.first_delivery_at or None,
         )
         self.rt.store.write_status(self.id, doc, lease=self.lock)
 
@@ -447,6 +448,14 @@ class _Job:
         self.rt.requests_queue.send_message(
             self.request.to_message(), visibility_timeout=visibility
         )
+
+
+def _log_attempt(request_id: str, record: AttemptRecord) -> None:
+    log.info(
+        "attempt id=%s image=%d attempt=%d deployment=%s status=%s apim-request-id=%s seconds=%.1f outcome=%s",
+        request_id, record.image_index, record.attempt, record.deployment, record.http_status,
+        record.apim_request_id, record.elapsed_s, record.outcome.value,
+    )  # fmt: skip
 
 
 def _api_fields(request: GenerationRequest) -> dict[str, Any]:

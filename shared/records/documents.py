@@ -1,4 +1,4 @@
-"""The JSON documents of DESIGN.md section 5: status.json, manifest.json and error.json.
+"""The JSON documents of docs/design.md §5: status.json, manifest.json and error.json.
 
 Pure functions from values to dicts, so the shapes are tested without storage.
 """
@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from shared.attempts import AttemptRecord
+from shared.records.attempts import AttemptRecord
+from shared.records.history import CallHistory
+
+Calls = Sequence[AttemptRecord] | CallHistory
 
 MANIFEST_SCHEMA = "imagegen.manifest/1"
 ERROR_SCHEMA = "imagegen.error/1"
@@ -29,6 +32,9 @@ class ErrorKind(StrEnum):
     CONTENT_FILTER = "content_filter"
     RETRIES_EXHAUSTED = "retries_exhausted"
     POISONED = "poisoned"
+    DEADLINE_EXCEEDED = (
+        "deadline_exceeded"  # IMAGE_REQUEST_DEADLINE_S passed before it could finish
+    )
 
 
 def status_doc(
@@ -37,18 +43,21 @@ def status_doc(
     *,
     updated_at: str,
     images_done: int,
-    attempts: Sequence[AttemptRecord],
+    attempts: Calls,
     request_hash: str | None = None,
     created_at: str | None = None,
     detail: str | None = None,
+    first_delivery_at: str | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": request_id,
         "status": status.value,
         "updated_at": updated_at,
         "images_done": images_done,
-        "attempts": [a.to_json() for a in attempts],
+        **_calls(attempts),
     }
+    if first_delivery_at is not None:
+        doc["first_delivery_at"] = first_delivery_at
     if request_hash is not None:
         doc["request_hash"] = request_hash
     if created_at is not None:
@@ -60,15 +69,15 @@ def status_doc(
 
 def attempts_from_status(doc: dict[str, Any] | None) -> list[AttemptRecord]:
     """The attempt history a status.json carries; unreadable entries are skipped, not fatal."""
-    if not doc or not isinstance(doc.get("attempts"), list):
-        return []
-    history: list[AttemptRecord] = []
-    for entry in doc["attempts"]:
-        try:
-            history.append(AttemptRecord.from_json(entry))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return history
+    return CallHistory.from_doc(doc).attempts
+
+
+def _calls(attempts: Calls) -> dict[str, Any]:
+    history = attempts if isinstance(attempts, CallHistory) else CallHistory.from_doc(None)
+    if not isinstance(attempts, CallHistory):
+        for record in attempts:
+            history.add(record, billed=lambda _: True)
+    return history.to_json()
 
 
 def manifest_doc(
@@ -77,7 +86,7 @@ def manifest_doc(
     request: dict[str, Any],
     request_hash: str,
     images: Sequence[dict[str, Any]],
-    attempts: Sequence[AttemptRecord],
+    attempts: Calls,
     created_at: str,
     completed_at: str,
     metadata: dict[str, str],
@@ -89,7 +98,7 @@ def manifest_doc(
         "request": request,
         "request_hash": request_hash,
         "images": list(images),
-        "attempts": [a.to_json() for a in attempts],
+        **_calls(attempts),
         "created_at": created_at,
         "completed_at": completed_at,
         "metadata": metadata,
@@ -107,7 +116,7 @@ def error_doc(
     request: dict[str, Any] | None = None,
     request_hash: str | None = None,
     images: Sequence[dict[str, Any]] = (),
-    attempts: Sequence[AttemptRecord] = (),
+    attempts: Calls = (),
     metadata: dict[str, str] | None = None,
     input_text: str | None = None,
     queue_message_id: str | None = None,
@@ -118,7 +127,7 @@ def error_doc(
         "status": status.value,
         "request": request,
         "images": list(images),
-        "attempts": [a.to_json() for a in attempts],
+        **_calls(attempts),
         "created_at": created_at,
         "completed_at": completed_at,
         "metadata": metadata or {},

@@ -3,7 +3,7 @@
 The Function App scales out, and every instance draws on the same quota (10 requests a minute for
 gpt-image). A per-process limiter cannot see the others, so the window of recent sends lives in one
 blob per deployment: `<container>/<deployment name>.json`, the serialised `SlidingWindow` of
-`shared.ratelimit` with wall-clock send times (epoch seconds, so every instance reads them alike;
+`shared.policy.ratelimit` with wall-clock send times (epoch seconds, so every instance reads them alike;
 Azure hosts keep NTP time, well within what a minute-long window cares about).
 
 Taking a send is read, decide (pure `SlidingWindow.admit`), conditional write: `If-Match` the ETag
@@ -36,7 +36,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from shared.ratelimit import SlidingWindow
+from shared.policy.ratelimit import SlidingWindow
 
 __all__ = [
     "DEFAULT_QUOTA_CONTAINER",
@@ -87,7 +87,7 @@ class BlobQuota:
     """Sliding windows in blobs, one per deployment. Thread-safe; clock, sleep and RNG injectable.
 
     `acquire(name, limit, window_s)` returns 0.0 when the send is recorded, else the seconds to
-    wait. `acquire_wait` and `observe` match `shared.ratelimit.RateLimiter`, so the router takes
+    wait. `acquire_wait` and `observe` match `shared.policy.ratelimit.RateLimiter`, so the router takes
     either.
     """
 

@@ -9,18 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from shared.attempts import iso_utc
-from shared.contract import GenerationRequest, InvalidMessage, body_id, parse_message
-from shared.pipeline import Result
-from shared.records import (
-    ErrorKind,
-    Status,
-    attempts_from_status,
-    error_doc,
-    status_doc,
-)
-from shared.runtime import Runtime
-from shared.store import LeaseLost, LockHeld
+from shared.contract.request import GenerationRequest, InvalidMessage, body_id, parse_message
+from shared.records.attempts import iso_utc
+from shared.records.documents import ErrorKind, Status, error_doc, status_doc
+from shared.records.history import CallHistory
+from shared.storage.store import LeaseLost, LockHeld
+from shared.worker.pipeline import Result
+from shared.worker.runtime import Runtime
 
 log = logging.getLogger("imagegen.poisoned")
 
@@ -47,8 +42,8 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
         )
         return Result.SKIPPED
     status = rt.store.read_json(record_id, "status.json") if request_id else None
-    attempts = attempts_from_status(status)
-    last = attempts[-1] if attempts else None
+    history = CallHistory.from_doc(status)
+    last = history.attempts[-1] if history.attempts else None
     reason = (
         f"the host gave up after repeated failed deliveries; last attempt: {last.outcome.value}"
         + (f" (HTTP {last.http_status}: {last.error.message})" if last and last.error else "")
@@ -67,7 +62,7 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
         completed_at=now,
         request=request.model_dump(mode="json") if request else None,
         request_hash=request.request_hash() if request else None,
-        attempts=attempts,
+        attempts=history,
         metadata=dict(request.metadata) if request else None,
         input_text=body if isinstance(body, str) else body.decode("utf-8", "backslashreplace"),
         queue_message_id=message_id,
@@ -83,7 +78,7 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
                 Status.FAILED,
                 updated_at=now,
                 images_done=0,
-                attempts=attempts,
+                attempts=history,
                 detail=reason,
             ),
         )

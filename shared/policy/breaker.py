@@ -1,9 +1,9 @@
-"""A circuit breaker per deployment (DESIGN.md section 7, issue 5), as a pure value.
+"""A circuit breaker per deployment (docs/design.md §7), as a pure value.
 
 The breaker keeps calls away from a deployment that is failing, so a retry goes to a healthy one
 instead of feeding a crashed worker or an exhausted quota. State advances by returning a new
 `Breaker`; time is an argument (`now`, any monotonic clock in seconds), so every transition is a
-plain-value test. The thread-safe holder is `shared.router.Router`.
+plain-value test. The thread-safe holder is `shared.worker.router.Router`.
 
 States:
 - `closed`: calls flow. `failures` consecutive retryable failures (server errors, 408, dropped or
@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from shared.retry import Category
+from shared.policy.outcomes import Category, Health
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -66,7 +66,14 @@ class Ticket:
     probe: bool = False
 
 
-_HEALTHY = (Category.SUCCESS, Category.PERMANENT)
+# What a category says of the deployment when the caller does not pass the outcome table's `Health`.
+_HEALTH_OF: dict[Category, Health] = {
+    Category.SUCCESS: Health.HEALTHY,
+    Category.PERMANENT: Health.HEALTHY,  # a refusal proves the deployment answers
+    Category.RETRYABLE: Health.FAILURE,
+    Category.THROTTLED: Health.NEUTRAL,
+    Category.CONFIGURATION: Health.DISABLE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,7 @@ class Breaker:
         retry_after_s: float | None = None,
         ticket: Ticket | None = None,
         reason: str = "",
+        health: Health | None = None,
     ) -> Breaker:
         """The breaker after a call that ended in `category` at `now`.
 
@@ -182,7 +190,8 @@ class Breaker:
         success or failure says nothing about the deployment since. Configuration errors and long
         429s are facts about the deployment now, whenever the call started, so they always count.
         """
-        if category is Category.CONFIGURATION:
+        health = _HEALTH_OF[category] if health is None else health
+        if health is Health.DISABLE:
             return self._opened(State.DISABLED, now, self.disabled_s, reason or "configuration")
         if (
             category is Category.THROTTLED
@@ -199,22 +208,22 @@ class Breaker:
             return self
         match self.state:
             case State.CLOSED:
-                if category in _HEALTHY:
+                if health is Health.HEALTHY:
                     return self if self.failures == 0 else replace(self, failures=0)
-                if category is Category.RETRYABLE:
+                if health is Health.FAILURE:
                     failures = self.failures + 1
                     if failures >= self.failures_to_open:
                         return self._opened(State.OPEN, now, self.cooldown_s, reason or "failures")
                     return replace(self, failures=failures)
-                return self  # a short 429: the quota's business, not a sign of ill health
+                return self  # a short 429, our own client's failure: not the deployment's health
             case State.HALF_OPEN:
-                if category in _HEALTHY:
+                if health is Health.HEALTHY:
                     return replace(
                         self, state=State.CLOSED, failures=0, until=0.0, probe_since=None, reason=""
                     )
-                if category is Category.RETRYABLE:
+                if health is Health.FAILURE:
                     return self._opened(State.OPEN, now, self.cooldown_s, reason or "probe failed")
-                # A short 429 on the probe decides nothing: let the next caller probe.
+                # A short 429 (or our client's failure) on the probe decides nothing: probe again.
                 return replace(self, state=State.OPEN, probe_since=None, until=now)
             case _:
                 # Open or disabled, no probe claimed: an answer from a call that started before.

@@ -19,9 +19,9 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from azure.storage.queue import QueueClient, QueueServiceClient
 
-from shared.attempts import iso_utc, utc_now
-from shared.contract import GenerationRequest, encode_message, validate_request
-from shared.records import Status, status_doc
+from shared.contract.request import GenerationRequest, encode_message, validate_request
+from shared.records.attempts import iso_utc, utc_now
+from shared.records.documents import Status, status_doc
 
 TERMINAL = ("manifest.json", "error.json")
 ProgressCallback = Callable[[dict[str, Any]], None]

@@ -1,6 +1,6 @@
 """What an operator does to the request blobs: list requests, read records, re-send poison.
 
-The storage half of the operator CLI (`shared.cli`), apart so that it reads without argparse or
+The storage half of the operator CLI (`shared.ops.cli`), apart so that it reads without argparse or
 print in the way: every function returns a value (or calls back for a folder it had to skip), and
 the CLI decides what to say and which exit code it means. Errors from the SDK and the store are
 left to rise: the CLI turns them into one line.
@@ -19,14 +19,14 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
-from shared.attempts import iso_utc, utc_now
-from shared.client import ImageRequestClient
-from shared.contract import body_id
-from shared.records import ErrorKind, Status, attempts_from_status, status_doc
-from shared.reporting import ERROR, STATUS, Folder, RequestHistory, request_folders
-from shared.runtime import blob_service, queue_service
+from shared.client.producer import ImageRequestClient
+from shared.contract.request import body_id
+from shared.ops.reporting import ERROR, STATUS, Folder, RequestHistory, request_folders
+from shared.records.attempts import iso_utc, utc_now
+from shared.records.documents import ErrorKind, Status, attempts_from_status, status_doc
 from shared.settings import OperatorSettings
-from shared.store import LockHeld, RequestStore, StoreError
+from shared.storage.clients import blob_service, queue_service
+from shared.storage.store import LockHeld, RequestStore, StoreError
 
 READ_THREADS = 8
 # A re-sent poison body stays invisible until its records are cleared; if we die in between,

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.attempts import AttemptRecord
-from shared.records import attempts_from_status
+from shared.records.attempts import AttemptRecord
+from shared.records.documents import attempts_from_status
 
 STATUS = "status.json"
 MANIFEST = "manifest.json"

@@ -1,0 +1,1 @@
+"""The producers' client: submit, status, wait, fetch. Importable without the worker."""

@@ -1,0 +1,1 @@
+"""Operators' tools: the command line (`python -m shared.ops`), reports, poison requeue."""
