@@ -9,7 +9,6 @@ the soak) wires and starts the product, so a new setting or host flag is added i
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -27,6 +26,7 @@ from devtools.services import (
     python_module,
     start,
 )
+from shared.local_settings import FILE_NAME, under_environment
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 EMULATOR_KEY = "local-dev-key"
@@ -99,13 +99,10 @@ def start_host(
 
 def app_settings(app_dir: Path = REPO_ROOT) -> dict[str, str]:
     """local.settings.json (or the example) Values under the process environment, as Core Tools."""
-    values: dict[str, str] = {}
-    for name in ("local.settings.json", "local.settings.example.json"):
-        path = app_dir / name
-        if path.exists():
-            values = {k: str(v) for k, v in json.loads(path.read_text()).get("Values", {}).items()}
-            break
-    return {**values, **os.environ}
+    path = app_dir / FILE_NAME
+    if not path.exists():
+        path = app_dir / "local.settings.example.json"
+    return under_environment(path, os.environ)
 
 
 def uses_remote_deployment(settings: Mapping[str, str]) -> bool:

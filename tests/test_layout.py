@@ -25,6 +25,10 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 
 
+# The settings reader, and the overlay of local.settings.json under the environment (as Core Tools).
+ENVIRONMENT_READERS = {"settings.py", "local_settings.py"}
+
+
 def _shared_imports(path: Path) -> set[str]:
     """Top-level `shared` subpackages (or modules) a file imports, including TYPE_CHECKING ones."""
     found: set[str] = set()
@@ -50,6 +54,17 @@ def test_package_imports_only_what_its_layer_may(package: str) -> None:
         for path in sorted((SHARED / package).rglob("*.py"))
     }
     assert {k: v for k, v in offending.items() if v} == {}
+
+
+def test_only_settings_reads_the_environment() -> None:
+    readers = []
+    for path in sorted(SHARED.rglob("*.py")):
+        if path.parent == SHARED and path.name in ENVIRONMENT_READERS:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if "os.environ" in text or "os.getenv" in text:
+            readers.append(str(path.relative_to(SHARED.parent)))
+    assert readers == []
 
 
 def test_layout_rules_name_real_packages() -> None:

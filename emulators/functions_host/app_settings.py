@@ -2,6 +2,10 @@
 
 The worker reads its settings from the process environment, so the merged values are also written
 into `os.environ` (without overwriting what the environment already says) before the app is imported.
+
+The file is read by `shared.local_settings`, the one reader the operator CLI and the dev stack use
+too: it is the file's format, which every local reader must take alike, not the API contract the
+emulators keep apart from the product. That module uses the standard library only.
 """
 
 from __future__ import annotations
@@ -13,9 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from emulators.functions_host.errors import HostStartupError, MissingSettingError
-from emulators.functions_host.json_file import read_json_object
+from shared.local_settings import FILE_NAME, LocalSettingsError, under_environment
 
-LOCAL_SETTINGS_FILE = "local.settings.json"
 _PERCENT_NAME = re.compile(r"%([^%]+)%")
 
 
@@ -39,25 +42,12 @@ class AppSettings:
         return _PERCENT_NAME.sub(lambda m: self.require(m.group(1), needed_for), template)
 
 
-def read_local_settings(app_dir: Path) -> dict[str, str]:
-    """`Values` of local.settings.json, or nothing when the file does not exist."""
-    path = app_dir / LOCAL_SETTINGS_FILE
-    document = read_json_object(path)
-    if document is None:
-        return {}
-    if document.get("IsEncrypted") is True:
-        raise HostStartupError(f"{path}: encrypted settings are not supported locally")
-    values = document.get("Values") or {}
-    if not isinstance(values, dict):
-        raise HostStartupError(f"{path}: 'Values' must be an object")
-    bad = [k for k, v in values.items() if not isinstance(v, str)]
-    if bad:
-        raise HostStartupError(f"{path}: Values.{bad[0]} must be a string")
-    return dict(values)
-
-
 def load_settings(app_dir: Path, environ: Mapping[str, str]) -> AppSettings:
-    return AppSettings(MappingProxyType({**read_local_settings(app_dir), **environ}))
+    """local.settings.json `Values` under `environ`, read by the app's own reader of that file."""
+    try:
+        return AppSettings(MappingProxyType(under_environment(app_dir / FILE_NAME, environ)))
+    except LocalSettingsError as error:
+        raise HostStartupError(str(error)) from None
 
 
 def export_to_environ(settings: AppSettings, environ: MutableMapping[str, str]) -> None:

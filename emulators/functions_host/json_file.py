@@ -1,4 +1,4 @@
-"""The app folder's JSON files (host.json, local.settings.json) read the one way the host reads them."""
+"""host.json read the way the host reads it (local.settings.json has its own reader, shared.local_settings)."""
 
 from __future__ import annotations
 

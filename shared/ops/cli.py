@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from azure.core.exceptions import (
 
 from shared.client.producer import RequestTimeout
 from shared.contract.request import InvalidMessage
+from shared.local_settings import FILE_NAME, LocalSettingsError, under_environment
 from shared.ops.operations import (
     RequeueOutcome,
     Storage,
@@ -45,7 +45,6 @@ from shared.settings import OperatorSettings, SettingsError
 from shared.storage.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-LOCAL_SETTINGS = "local.settings.json"
 # One quick retry, a second later: an operator at a prompt wants "unreachable" in seconds, not
 # the SDK's minutes. The SDK's default policy waits initial_backoff + increment_base ** n, so
 # 0 + 1 ** 1 = 1 s, without jitter.
@@ -64,21 +63,9 @@ SINCE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "
 # --- settings --------------------------------------------------------------------------------------
 
 
-def operator_env(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+def operator_env(environ: Mapping[str, str] | None, cwd: Path) -> dict[str, str]:
     """`local.settings.json` Values (if the file is here) overlaid by the environment."""
-    path = cwd / LOCAL_SETTINGS
-    values: dict[str, str] = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            raise SettingsError(f"{LOCAL_SETTINGS}: cannot read it ({exc})") from None
-        found = data.get("Values") if isinstance(data, dict) else None
-        if not isinstance(found, dict):
-            raise SettingsError(f"{LOCAL_SETTINGS}: expected an object with a 'Values' object")
-        values = {str(k): str(v) for k, v in found.items() if isinstance(v, str | int | float)}
-    values.update(environ)
-    return values
+    return under_environment(cwd / FILE_NAME, environ)
 
 
 def parse_since(text: str) -> timedelta:
@@ -452,9 +439,9 @@ def main(
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        env = operator_env(os.environ if environ is None else environ, cwd or Path.cwd())
+        env = operator_env(environ, cwd or Path.cwd())
         storage = Storage(OperatorSettings.from_env(env), **STORAGE_CLIENT)
-    except SettingsError as exc:
+    except (SettingsError, LocalSettingsError) as exc:
         _warn(f"settings: {exc}")
         return EXIT_USAGE
     run: Command = args.run
