@@ -46,7 +46,8 @@ class Config:
     fault_rate: float = 0.25
     seed: int | None = None
     payload_scale: float = 1.0
-    # The default the product's tests and demo get; `RateModel.PERIODS` is Azure's way.
+    # What the product's tests and demo get. `RateModel.PERIODS` is Azure's way: the default once
+    # the product paces its calls (until then its bursts would meet 429s).
     rate_model: RateModel = RateModel.SLIDING
     rate_period_s: float = 10.0
     rate_rounding: Rounding = Rounding.CEIL
@@ -202,11 +203,14 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
     "payload_scale": (_positive_float, "image byte sizes relative to the real service's"),
     "rate_model": (
         _choice(RateModel),
-        "sliding (a sliding 60 s window; the default for now) or periods (Azure's way: "
-        "RPM x P / 60 per period of P seconds)",
+        "periods (Azure's way: RPM x P / 60 per period of P seconds) or sliding (a sliding 60 s "
+        f"window); default {Config().rate_model.value}",
     ),
     "rate_period_s": (_period, "periods model: P in emulated seconds (10, or 1 for the 1 s mode)"),
-    "rate_rounding": (_choice(Rounding), "periods model: floor|ceil|round of RPM x P / 60"),
+    "rate_rounding": (
+        _choice(Rounding),
+        "periods model: floor|ceil|round of RPM x P / 60 (default ceil: even pacing at RPM fits)",
+    ),
     "rate_admit_fraction": (
         _fraction,
         "share of its nominal allowance a deployment really admits (e.g. 0.6)",

@@ -12,8 +12,8 @@ and `retry-after` count to the start of the next period.
   one rule under which a client pacing at exactly its RPM never sees a 429. `floor` is stricter
   (10 RPM, P = 10: 1 per period, 6 a minute), `round` rounds half up. Every rule admits at least one
   call per period, or a 1 s period below 60 RPM would refuse everything; so at 10 RPM the 1 s mode
-  admits bursts of one and lets through more than the minute allows. Azure documents 1 s evaluation
-  with a 600 RPM example; use it for high limits.
+  admits one call a second, up to 60 a minute. Azure's example of 1 s evaluation is a 600 RPM
+  deployment (10 a second); use the 1 s mode for limits that high.
 - Alignment: per deployment, as Azure counts per deployment. A deployment's grid of periods starts
   at the first request it counts (after start-up or a reset) and then stays fixed, idle or not: the
   client cannot know the phase, and a burst's outcome does not depend on where the emulator's clock
@@ -30,6 +30,8 @@ and `retry-after` count to the start of the next period.
   against a tokens-per-minute quota, and an image deployment's quota is stated in requests per
   minute (gpt-image: capacity units of 3 RPM); a made-up token count would be a signal a client
   could act on with nothing behind it.
+  (Sources: the Azure OpenAI quota documentation, and Microsoft Q&A answers and user reports on its
+  rate limits and headers.)
 
 `sliding`: a sliding 60 s window; it admits RPM requests in any 60 s and sends the OpenAI-style
 `x-ratelimit-reset-requests` (until the oldest admitted request leaves the window).
@@ -86,7 +88,7 @@ class RateRule:
         return _rounded(self._exact() * Fraction(str(self.admit_fraction)), self.rounding)
 
     def _exact(self) -> Fraction:
-        # Exact decimal arithmetic: 10 RPM x 10 s / 60 x 0.6 is 1, not 1.0000000000000002 (ceil 2).
+        # Exact decimal arithmetic: 100 RPM x 10 s / 60 x 0.9 is 15, not 15.000000000000002 (ceil 16).
         return Fraction(self.rpm) * Fraction(str(self.window_s)) / 60
 
 
