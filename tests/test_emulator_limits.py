@@ -28,8 +28,9 @@ def post(emulator: Any, deployment: str, body: dict[str, Any] = TINY, **kw: Any)
 
 @pytest.fixture(scope="module")
 def limited(emulator_factory: Any) -> Any:
-    # x0.02: the 60 s window is 1.2 s of wall time, room enough for a few quick calls.
-    extra = ("--deployment", "a:rpm=2", "--deployment", "b:rpm=2")
+    # x0.02: the 60 s window is 1.2 s of wall time, room enough for a few quick calls. The model is
+    # named, so these tests keep proving the sliding window whatever the default becomes.
+    extra = ("--rate-model", "sliding", "--deployment", "a:rpm=2", "--deployment", "b:rpm=2")
     return emulator_factory(time_scale=0.02, extra_args=extra)
 
 
@@ -46,6 +47,7 @@ def test_sliding_window_429_then_admits_when_the_oldest_leaves(limited: Any) -> 
     assert int(refused.headers["retry-after"]) == max(1, -(-retry_ms // 1000))
     assert refused.headers["x-ratelimit-limit-requests"] == "2"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"]  # the sliding model says when
     assert "retry after" in refused.json()["error"]["message"]
     assert post(limited, "b").status_code == 200  # another deployment, another window
     statuses: list[int] = []

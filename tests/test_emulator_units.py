@@ -12,7 +12,7 @@ from PIL import Image
 from emulators.image_deployment import config as cfg
 from emulators.image_deployment.clock import ScaledClock
 from emulators.image_deployment.images import ImageKey, block_size, encode
-from emulators.image_deployment.limiter import Window, client_seconds
+from emulators.image_deployment.limiter import client_seconds
 from emulators.image_deployment.plan import Answer, Delivery, StepKind, plan
 from emulators.image_deployment.script import FaultDice, Outcome, Script, ScriptError, parse_script
 from emulators.image_deployment.timing import duration_s, schedule
@@ -108,21 +108,6 @@ def test_scaled_clock_converts_both_ways() -> None:
     stop = threading.Event()
     stop.set()
     assert not clock.wait_until(clock.now() + 1000, stop)
-
-
-def test_sliding_window_admits_rpm_then_refuses_until_the_oldest_leaves() -> None:
-    window = Window()
-    for i, t in enumerate((0.0, 10.0, 20.0)):
-        decision, window = window.admit(t, 3)
-        assert decision.allowed and decision.remaining == 2 - i
-    refused, window = window.admit(30.0, 3)
-    assert not refused.allowed and refused.remaining == 0
-    assert refused.retry_after_s == pytest.approx(30.0)  # t=0 leaves at 60
-    again, window = window.admit(31.0, 3)
-    assert not again.allowed  # refusals did not enter the window
-    admitted, window = window.admit(60.5, 3)
-    assert admitted.allowed and admitted.remaining == 0
-    assert admitted.reset_s == pytest.approx(9.5)
 
 
 def test_client_sees_scaled_retry_after_rounded_up() -> None:

@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
     host, port = server.server_address[:2]
     names = ", ".join(d.name for d in config.deployments)
     logging.getLogger("emulator").info(
-        "listening on http://%s:%s (deployments %s, time scale %s, fault rate %s)",
-        host, port, names, config.time_scale, config.fault_rate,
+        "listening on http://%s:%s (deployments %s, time scale %s, fault rate %s, rate model %s)",
+        host, port, names, config.time_scale, config.fault_rate, config.rate_model.value,
     )  # fmt: skip
     try:
         server.serve_forever(poll_interval=0.2)

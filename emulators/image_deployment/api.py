@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import events, multipart
+from . import events, limiter, multipart
 from .clock import ScaledClock
 from .config import Config, ConfigHolder
 from .images import ImageCache
@@ -100,11 +100,6 @@ def _fields(incoming: Incoming) -> tuple[dict[str, Any], list[Upload], bool]:
     return body, [], False
 
 
-def _reset_text(emulated_s: float, scale: float) -> str:
-    ms = max(0, round(emulated_s * scale * 1000))
-    return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
-
-
 def request_ids() -> dict[str, str]:
     """Fresh ids and the region: what the gateway puts on every answer."""
     ids = {"apim-request-id": str(uuid.uuid4()), "x-request-id": str(uuid.uuid4())}
@@ -112,23 +107,15 @@ def request_ids() -> dict[str, str]:
 
 
 def _headers(decision: Decision, scale: float) -> dict[str, str]:
-    return request_ids() | _ratelimit_headers(decision, scale)
-
-
-def _ratelimit_headers(decision: Decision, scale: float) -> dict[str, str]:
-    return {
-        "x-ratelimit-limit-requests": str(decision.limit),
-        "x-ratelimit-remaining-requests": str(decision.remaining),
-        "x-ratelimit-reset-requests": _reset_text(decision.reset_s, scale),
-    }
+    return request_ids() | limiter.headers(decision, scale)
 
 
 def route(state: State, incoming: Incoming) -> Routed:
     config = state.config.get()
     now = state.clock.now()
     deployment = config.deployment(incoming.deployment)
-    limit = deployment.rpm if deployment else config.rpm
-    headers = _headers(state.limiter.peek(incoming.deployment, now, limit), config.time_scale)
+    rule = config.rate_rule(deployment)
+    headers = _headers(state.limiter.peek(incoming.deployment, now, rule), config.time_scale)
     auth, authorized = _auth(incoming.headers, config.api_key)
     api_version = (incoming.query.get("api-version") or [""])[0]
     try:
@@ -172,8 +159,8 @@ def route(state: State, incoming: Incoming) -> Routed:
     except ModerationBlocked as error:
         return done(Answer(400, events.moderation_blocked(str(error)), "content_filter"))
 
-    decision = state.limiter.admit(deployment.name, now, deployment.rpm)
-    headers.update(_ratelimit_headers(decision, config.time_scale))
+    decision = state.limiter.admit(deployment.name, now, rule)
+    headers.update(limiter.headers(decision, config.time_scale))
     if not decision.allowed:
         return done(
             rate_limited(incoming.endpoint, decision.retry_after_s, api_version, config.time_scale)

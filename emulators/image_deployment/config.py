@@ -11,8 +11,10 @@ import argparse
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
+
+from .limiter import RateModel, RateRule, Rounding
 
 _DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -28,6 +30,7 @@ class Deployment:
     name: str
     rpm: int
     fault_rate: float
+    admit_fraction: float = 1.0  # of its nominal rate limit allowance it really admits
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +46,31 @@ class Config:
     fault_rate: float = 0.25
     seed: int | None = None
     payload_scale: float = 1.0
+    # What the product's tests and demo get. `RateModel.PERIODS` is Azure's way: the default once
+    # the product paces its calls (until then its bursts would meet 429s).
+    rate_model: RateModel = RateModel.SLIDING
+    rate_period_s: float = 10.0
+    rate_rounding: Rounding = Rounding.CEIL
+    rate_admit_fraction: float = 1.0
 
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
+
+    def rate_rule(self, deployment: Deployment | None) -> RateRule:
+        """The limit of `deployment` (None: an unknown name, only its headers are shown)."""
+        rpm, fraction = (
+            (deployment.rpm, deployment.admit_fraction)
+            if deployment
+            else (self.rpm, self.rate_admit_fraction)
+        )
+        return RateRule(rpm, self.rate_model, self.rate_period_s, self.rate_rounding, fraction)
 
     def public(self) -> dict[str, Any]:
         """What the control API shows: everything but the key."""
         return {
             "host": self.host,
             "port": self.port,
-            "deployments": [
-                {"name": d.name, "rpm": d.rpm, "fault_rate": d.fault_rate} for d in self.deployments
-            ],
+            "deployments": [asdict(d) for d in self.deployments],
             "blocked_phrase": self.blocked_phrase,
             "time_scale": self.time_scale,
             "rpm": self.rpm,
@@ -62,6 +78,10 @@ class Config:
             "fault_rate": self.fault_rate,
             "seed": self.seed,
             "payload_scale": self.payload_scale,
+            "rate_model": self.rate_model.value,
+            "rate_period_s": self.rate_period_s,
+            "rate_rounding": self.rate_rounding.value,
+            "rate_admit_fraction": self.rate_admit_fraction,
         }
 
 
@@ -87,6 +107,31 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"must be between 0 and 1, got {text!r}")
     return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be > 0 and <= 1, got {text!r}")
+    return value
+
+
+def _period(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value <= 60.0:
+        raise ValueError(f"must be > 0 and <= 60 seconds, got {text!r}")
+    return value
+
+
+def _choice(kind: type[RateModel] | type[Rounding]) -> Callable[[str], Any]:
+    def convert(text: str) -> RateModel | Rounding:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            names = "|".join(k.value for k in kind)
+            raise ValueError(f"must be {names}, got {text!r}") from None
+
+    return convert
 
 
 def _int(text: str, low: int, high: int) -> int:
@@ -117,21 +162,30 @@ def _non_empty(text: str) -> str:
     return text
 
 
-def parse_deployment(spec: str, rpm: int, fault_rate: float) -> Deployment:
-    """`NAME` or `NAME:rpm=N,fault_rate=F`; missing values come from the global options."""
+_DEPLOYMENT_KEYS = ("rpm", "fault_rate", "admit_fraction")
+
+
+def parse_deployment(
+    spec: str, rpm: int, fault_rate: float, admit_fraction: float = 1.0
+) -> Deployment:
+    """`NAME` or `NAME:rpm=N,fault_rate=F,admit_fraction=A`; missing values come from the global
+    options."""
     name, _, extras = spec.strip().partition(":")
     if not _DEPLOYMENT_NAME.match(name):
         raise ValueError(f"bad deployment name {name!r} (letters, digits, '.', '_', '-')")
     values: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in extras.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key not in ("rpm", "fault_rate"):
-            raise ValueError(f"bad deployment option {item!r} in {spec!r} (rpm=N, fault_rate=F)")
+        if not eq or key not in _DEPLOYMENT_KEYS:
+            raise ValueError(
+                f"bad deployment option {item!r} in {spec!r} (rpm=N, fault_rate=F, admit_fraction=A)"
+            )
         values[key] = value
     return Deployment(
         name,
         _rpm(values["rpm"]) if "rpm" in values else rpm,
         _rate(values["fault_rate"]) if "fault_rate" in values else fault_rate,
+        _fraction(values["admit_fraction"]) if "admit_fraction" in values else admit_fraction,
     )
 
 
@@ -147,6 +201,20 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
     "fault_rate": (_rate, "probability of a mid-stream server_error at a long side >= 2048"),
     "seed": (_seed, "seed of the random faults (omit for a random seed)"),
     "payload_scale": (_positive_float, "image byte sizes relative to the real service's"),
+    "rate_model": (
+        _choice(RateModel),
+        "periods (Azure's way: RPM x P / 60 per period of P seconds) or sliding (a sliding 60 s "
+        f"window); default {Config().rate_model.value}",
+    ),
+    "rate_period_s": (_period, "periods model: P in emulated seconds (10, or 1 for the 1 s mode)"),
+    "rate_rounding": (
+        _choice(Rounding),
+        "periods model: floor|ceil|round of RPM x P / 60 (default ceil: even pacing at RPM fits)",
+    ),
+    "rate_admit_fraction": (
+        _fraction,
+        "share of its nominal allowance a deployment really admits (e.g. 0.6)",
+    ),
 }
 # Fixed at start: the listening socket and the clock's origin cannot change under running streams.
 _FIXED = ("host", "port", "time_scale", "seed")
@@ -169,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
         "--deployment",
         dest="deployment",
         action="append",
-        help="NAME or NAME:rpm=N,fault_rate=F; repeatable (default gpt-image-2-1)",
+        help="NAME or NAME:rpm=N,fault_rate=F,admit_fraction=A; repeatable (default gpt-image-2-1)",
     )
     return parser
 
@@ -199,7 +267,7 @@ def replace_options(current: Config, changes: Mapping[str, Any]) -> Config:
         if name == "deployment" or name == "deployments":
             specs = [value] if isinstance(value, str) else value
             if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
-                raise ConfigError(f"{name}: expected a list of 'NAME:rpm=N,fault_rate=F' strings")
+                raise ConfigError(f"{name}: expected a list of 'NAME:rpm=N,...' strings")
             raw["deployment"] = specs
         elif (
             name in _SCALARS
@@ -221,6 +289,8 @@ def _spec(d: Deployment, current: Config) -> str:
         own.append(f"rpm={d.rpm}")
     if d.fault_rate != current.fault_rate:
         own.append(f"fault_rate={d.fault_rate}")
+    if d.admit_fraction != current.rate_admit_fraction:
+        own.append(f"admit_fraction={d.admit_fraction}")
     return d.name + (":" + ",".join(own) if own else "")
 
 
@@ -235,7 +305,10 @@ def _build(base: Config, raw: Mapping[str, Any]) -> Config:
     config = replace(base, **values)
     specs = raw.get("deployment") or [d.name for d in base.deployments]
     try:
-        deployments = tuple(parse_deployment(s, config.rpm, config.fault_rate) for s in specs)
+        deployments = tuple(
+            parse_deployment(s, config.rpm, config.fault_rate, config.rate_admit_fraction)
+            for s in specs
+        )
     except ValueError as error:
         raise ConfigError(f"--deployment: {error}") from None
     names = [d.name for d in deployments]
