@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from .models import DEFAULT_MODEL, rules_for
+from .script import KINDS
+
 _DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -28,6 +31,7 @@ class Deployment:
     name: str
     rpm: int
     fault_rate: float
+    model: str = DEFAULT_MODEL  # whose size and parameter rules the deployment applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class Config:
     fault_rate: float = 0.25
     seed: int | None = None
     payload_scale: float = 1.0
+    model: str = DEFAULT_MODEL
 
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
@@ -53,7 +58,8 @@ class Config:
             "host": self.host,
             "port": self.port,
             "deployments": [
-                {"name": d.name, "rpm": d.rpm, "fault_rate": d.fault_rate} for d in self.deployments
+                {"name": d.name, "rpm": d.rpm, "fault_rate": d.fault_rate, "model": d.model}
+                for d in self.deployments
             ],
             "blocked_phrase": self.blocked_phrase,
             "time_scale": self.time_scale,
@@ -62,6 +68,7 @@ class Config:
             "fault_rate": self.fault_rate,
             "seed": self.seed,
             "payload_scale": self.payload_scale,
+            "model": self.model,
         }
 
 
@@ -117,21 +124,30 @@ def _non_empty(text: str) -> str:
     return text
 
 
-def parse_deployment(spec: str, rpm: int, fault_rate: float) -> Deployment:
-    """`NAME` or `NAME:rpm=N,fault_rate=F`; missing values come from the global options."""
+def _model(text: str) -> str:
+    return rules_for(text.strip()).name
+
+
+def parse_deployment(
+    spec: str, rpm: int, fault_rate: float, model: str = DEFAULT_MODEL
+) -> Deployment:
+    """`NAME` or `NAME:rpm=N,fault_rate=F,model=M`; missing values come from the global options."""
     name, _, extras = spec.strip().partition(":")
     if not _DEPLOYMENT_NAME.match(name):
         raise ValueError(f"bad deployment name {name!r} (letters, digits, '.', '_', '-')")
     values: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in extras.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key not in ("rpm", "fault_rate"):
-            raise ValueError(f"bad deployment option {item!r} in {spec!r} (rpm=N, fault_rate=F)")
+        if not eq or key not in ("rpm", "fault_rate", "model"):
+            raise ValueError(
+                f"bad deployment option {item!r} in {spec!r} (rpm=N, fault_rate=F, model=M)"
+            )
         values[key] = value
     return Deployment(
         name,
         _rpm(values["rpm"]) if "rpm" in values else rpm,
         _rate(values["fault_rate"]) if "fault_rate" in values else fault_rate,
+        _model(values["model"]) if "model" in values else model,
     )
 
 
@@ -147,6 +163,12 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
     "fault_rate": (_rate, "probability of a mid-stream server_error at a long side >= 2048"),
     "seed": (_seed, "seed of the random faults (omit for a random seed)"),
     "payload_scale": (_positive_float, "image byte sizes relative to the real service's"),
+    "model": (
+        _model,
+        "model of every deployment that names none: gpt-image-2 (default), "
+        "gpt-image-1, gpt-image-1-mini or gpt-image-1.5; it decides the sizes and "
+        "parameters the deployment refuses",
+    ),
 }
 # Fixed at start: the listening socket and the clock's origin cannot change under running streams.
 _FIXED = ("host", "port", "time_scale", "seed")
@@ -161,7 +183,9 @@ def parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m emulators.image_deployment",
         description="Emulate an Azure OpenAI gpt-image deployment behind its 60 s gateway.",
-        epilog="Every option can also be set as EMULATOR_<NAME>, e.g. EMULATOR_TIME_SCALE=0.01.",
+        epilog="Every option can also be set as EMULATOR_<NAME>, e.g. EMULATOR_TIME_SCALE=0.01. "
+        f"Scripted outcomes (POST /_emulator/script): {', '.join(KINDS)}; their fields are "
+        "described in emulators/image_deployment/script.py.",
     )
     for name, (_, text) in _SCALARS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, help=text)
@@ -169,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
         "--deployment",
         dest="deployment",
         action="append",
-        help="NAME or NAME:rpm=N,fault_rate=F; repeatable (default gpt-image-2-1)",
+        help="NAME or NAME:rpm=N,fault_rate=F,model=M; repeatable (default gpt-image-2-1)",
     )
     return parser
 
@@ -221,6 +245,8 @@ def _spec(d: Deployment, current: Config) -> str:
         own.append(f"rpm={d.rpm}")
     if d.fault_rate != current.fault_rate:
         own.append(f"fault_rate={d.fault_rate}")
+    if d.model != current.model:
+        own.append(f"model={d.model}")
     return d.name + (":" + ",".join(own) if own else "")
 
 
@@ -235,7 +261,9 @@ def _build(base: Config, raw: Mapping[str, Any]) -> Config:
     config = replace(base, **values)
     specs = raw.get("deployment") or [d.name for d in base.deployments]
     try:
-        deployments = tuple(parse_deployment(s, config.rpm, config.fault_rate) for s in specs)
+        deployments = tuple(
+            parse_deployment(s, config.rpm, config.fault_rate, config.model) for s in specs
+        )
     except ValueError as error:
         raise ConfigError(f"--deployment: {error}") from None
     names = [d.name for d in deployments]
