@@ -3,8 +3,8 @@
 N requests (60 by default) are submitted at once against one emulated deployment allowing L
 requests per minute (10, as gpt-image on Azure). The clock is scaled: the emulator runs x0.1, so
 its minute is 6 s, and the app's window (`AZURE_OPENAI_RPM_WINDOW_S`) is set to the same 6 s.
-Images are small and quick (256x256 low: 3 emulated seconds, 0.3 s real) so the quota, not the
-model or the host's threads, bounds the throughput. (At x0.01 a minute is 0.6 s, shorter than the
+Images are the smallest gpt-image-2 takes (1024x640 low: about 14 emulated seconds, 1.4 s real),
+short against the window, so the quota, not the model or the host's threads, bounds the throughput. (At x0.01 a minute is 0.6 s, shorter than the
 storage round trips of ten requests on a 2-core machine: the benchmark then measures the CPU.)
 
 The measure. A sliding window grants L requests at once, then L more per window: N requests need
@@ -40,9 +40,9 @@ class Config:
     requests: int = 60
     rpm: int = 10
     time_scale: float = 0.1
-    # (size, quality): 256x256 low is a 3 s call (0.3 s real), short against the window; 1024x1024
-    # low is 22 s, as on Azure, where a call's stream outlasts its rate-limit headers' freshness.
-    workloads: tuple[tuple[str, str], ...] = (("256x256", "low"), ("1024x1024", "low"))
+    # (size, quality): 1024x640 low (gpt-image-2's smallest) is a short call against the window;
+    # 1024x1024 low is 22 s, as on Azure, where a stream outlasts its rate-limit headers' freshness.
+    workloads: tuple[tuple[str, str], ...] = (("1024x640", "low"), ("1024x1024", "low"))
     payload_scale: float = 0.2
     # IMAGE_QUOTA_SCOPE: "shared" (the default: a window blob every instance reads and writes)
     # and "process" (a window in memory) are both measured, one stack each.
@@ -167,7 +167,7 @@ def render(reports: Iterable[Report]) -> str:
 
 
 def _workloads(text: str) -> tuple[tuple[str, str], ...]:
-    """`256x256:low,1024x1024:low` -> (size, quality) pairs."""
+    """`1024x640:low,1024x1024:low` -> (size, quality) pairs."""
     return tuple(
         (size, quality) for size, _, quality in (w.strip().partition(":") for w in text.split(","))
     )
@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workloads",
         type=_workloads,
         default=",".join(f"{size}:{quality}" for size, quality in defaults.workloads),
-        help="SIZE:QUALITY,... e.g. 256x256:low,1024x1024:low",
+        help="SIZE:QUALITY,... e.g. 1024x640:low,1024x1024:low",
     )
     parser.add_argument(
         "--scopes",

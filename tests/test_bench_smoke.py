@@ -95,7 +95,7 @@ def test_quota_use_counts_completions_and_429s(azurite_connection_string: str) -
     (report,) = run(
         Config(
             requests=14,
-            workloads=(("256x256", "low"),),
+            workloads=(("1024x640", "low"),),
             scopes=("process",),
             payload_scale=0.05,
             connection_string=azurite_connection_string,
@@ -120,7 +120,7 @@ def test_memory_reads_the_host_peak(azurite_connection_string: str) -> None:
     report = run(
         Config(
             requests=2,
-            size="512x512",
+            size="1024x640",
             quality="low",
             partial_images=1,
             payload_scale=0.2,

@@ -212,10 +212,13 @@ def test_script_matches_prompt_and_appends_in_order(emulator: Any) -> None:
     )
     pending = requests.get(emulator.url("/_emulator/script"), timeout=5).json()["pending"]
     assert [p["status"] for p in pending] == [502, 500, 503]
-    assert post(emulator, {"prompt": "an apple", "size": "16x16"}).status_code == 500
-    assert post(emulator, {"prompt": "a zebra", "size": "16x16"}).status_code == 502
-    assert post(emulator, {"prompt": "a zebra", "size": "16x16"}).status_code == 503
-    assert post(emulator, {"prompt": "a zebra", "size": "16x16"}).status_code == 200
+    assert post(emulator, {"prompt": "an apple", "size": "1024x640"}).status_code == 500
+    assert post(emulator, {"prompt": "a zebra", "size": "1024x640"}).status_code == 502
+    assert post(emulator, {"prompt": "a zebra", "size": "1024x640"}).status_code == 503
+    assert (
+        post(emulator, {"prompt": "a zebra", "size": "1024x640", "quality": "low"}).status_code
+        == 200
+    )
 
 
 def test_bad_script_is_refused_whole(emulator: Any) -> None:

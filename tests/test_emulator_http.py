@@ -210,7 +210,9 @@ def test_auto_size_is_1024_square(emulator: Any) -> None:
     ],
 )
 def test_auth(emulator: Any, headers: dict[str, str], status: int, auth: str) -> None:
-    r = generate(emulator, {"prompt": "tiny", "size": "16x16", "quality": "low"}, headers=headers)
+    r = generate(
+        emulator, {"prompt": "tiny", "size": "1024x640", "quality": "low"}, headers=headers
+    )
     assert r.status_code == status
     if status == 401:
         assert r.json()["error"]["code"] == "401"
@@ -220,7 +222,7 @@ def test_auth(emulator: Any, headers: dict[str, str], status: int, auth: str) ->
 
 def test_unknown_deployment_and_missing_api_version_are_404(emulator: Any) -> None:
     headers = {"api-key": emulator.api_key}
-    body = {"prompt": "x", "size": "16x16"}
+    body = {"prompt": "x", "size": "1024x640"}
     missing = requests.post(
         api_url(emulator, deployment="nope"), json=body, headers=headers, timeout=10
     )
@@ -277,9 +279,9 @@ def _uuid(text: str) -> uuid.UUID:
 
 def test_every_response_carries_ids_region_and_ratelimit_headers(emulator: Any) -> None:
     answers = [
-        generate(emulator, {"prompt": "x", "size": "16x16"}, headers={}),
+        generate(emulator, {"prompt": "x", "size": "1024x640"}, headers={}),
         generate(emulator, {"prompt": "x", "size": "17x16"}),
-        generate(emulator, {"prompt": "x", "size": "16x16", "quality": "low"}),
+        generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"}),
     ]
     seen = set()
     for r in answers:
@@ -302,7 +304,8 @@ def test_edits_stream_multipart_and_log_parts_not_data(emulator: Any) -> None:
         ("mask", ("m.png", PNG_BYTES, "image/png")),
     ]
     fields = {"prompt": "make it blue", "size": "1024x1024", "quality": "low", "stream": "true"}
-    fields |= {"partial_images": "1", "input_fidelity": "high"}
+    # (input_fidelity is refused by gpt-image-2: test_emulator_models covers it per model)
+    fields |= {"partial_images": "1", "background": "opaque"}
     r = requests.post(
         api_url(emulator, "edits"), data=fields, files=files,
         headers={"api-key": emulator.api_key}, timeout=30,
@@ -332,10 +335,12 @@ def test_edits_need_an_image(emulator: Any) -> None:
 
 
 def test_request_log_never_holds_the_secret(emulator: Any) -> None:
-    generate(emulator, {"prompt": "x", "size": "16x16", "quality": "low"})
+    generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"})
     token = "eyJ0eXAiOiJKV1Qi.secret-bearer-token"
     generate(
-        emulator, {"prompt": "y", "size": "16x16"}, headers={"Authorization": f"Bearer {token}"}
+        emulator,
+        {"prompt": "y", "size": "1024x640", "quality": "low"},
+        headers={"Authorization": f"Bearer {token}"},
     )
     log = emulator.requests_log()
     text = json.dumps(log)
@@ -355,10 +360,10 @@ def test_request_log_never_holds_the_secret(emulator: Any) -> None:
 
 def test_reset_clears_log_script_and_windows(emulator: Any) -> None:
     emulator.script({"outcome": "http_error", "status": 503})
-    generate(emulator, {"prompt": "x", "size": "16x16", "quality": "low"}, headers={})
+    generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"}, headers={})
     assert emulator.requests_log()
     emulator.reset()
     assert emulator.requests_log() == []
     assert requests.get(emulator.url("/_emulator/script"), timeout=5).json()["pending"] == []
-    r = generate(emulator, {"prompt": "x", "size": "16x16", "quality": "low"})
+    r = generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"})
     assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "9"

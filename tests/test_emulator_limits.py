@@ -13,7 +13,8 @@ import requests
 from devtools.services import REPO_ROOT, free_port, http_ok, python_module, start, wait_until
 
 API_VERSION = "2025-04-01-preview"
-TINY = {"prompt": "a dot", "size": "16x16", "quality": "low"}  # answered at once
+# The smallest size gpt-image-2 takes, at low quality: about 16 s of emulated work.
+TINY = {"prompt": "a dot", "size": "1024x640", "quality": "low"}
 
 
 def url(emulator: Any, deployment: str) -> str:
@@ -28,10 +29,10 @@ def post(emulator: Any, deployment: str, body: dict[str, Any] = TINY, **kw: Any)
 
 @pytest.fixture(scope="module")
 def limited(emulator_factory: Any) -> Any:
-    # x0.02: the 60 s window is 1.2 s of wall time, room enough for a few quick calls. The model is
-    # named, so these tests keep proving the sliding window whatever the default becomes.
+    # x0.05: the 60 s window is 3 s of wall time, room enough for three 16 s calls and slack. The
+    # model is named, so these tests keep proving the sliding window whatever the default becomes.
     extra = ("--rate-model", "sliding", "--deployment", "a:rpm=2", "--deployment", "b:rpm=2")
-    return emulator_factory(time_scale=0.02, extra_args=extra)
+    return emulator_factory(time_scale=0.05, extra_args=extra)
 
 
 def test_sliding_window_429_then_admits_when_the_oldest_leaves(limited: Any) -> None:

@@ -87,5 +87,5 @@ def test_gateway_408_reaches_the_client_as_a_status_error(
 def test_rate_limit_429_reaches_the_client(client: openai.AzureOpenAI, emulator: Any) -> None:
     emulator.script({"outcome": "rate_limited", "retry_after_ms": 3000})
     with pytest.raises(openai.RateLimitError) as caught:
-        client.images.generate(model=emulator.deployment, prompt="x", size="16x16")
+        client.images.generate(model=emulator.deployment, prompt="x", size="1024x1024")
     assert caught.value.response.headers["retry-after-ms"] == "30"

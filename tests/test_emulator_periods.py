@@ -8,20 +8,24 @@ that long must be admitted.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 
 API_VERSION = "2025-04-01-preview"
-TINY = {"prompt": "a dot", "size": "16x16", "quality": "low"}  # answered at once
+# The smallest gpt-image-2 size. Its generation takes longer than a period, so a burst is sent
+# concurrently, each call a moment after the one before: admission is decided on arrival.
+TINY = {"prompt": "a dot", "size": "1024x640", "quality": "low"}
+STAGGER_S = 0.02
 SCALE = 0.3  # a 10 s period is 3 s of wall time: a burst of ten local calls fits in one
 
 
 def post(emulator: Any, deployment: str) -> requests.Response:
     path = f"/openai/deployments/{deployment}/images/generations?api-version={API_VERSION}"
     headers = {"api-key": emulator.api_key}
-    return requests.post(emulator.url(path), json=TINY, headers=headers, timeout=30)
+    return requests.post(emulator.url(path), json=TINY, headers=headers, timeout=60)
 
 
 def configure(emulator: Any, **options: object) -> dict[str, Any]:
@@ -33,7 +37,12 @@ def configure(emulator: Any, **options: object) -> dict[str, Any]:
 def burst(emulator: Any, deployment: str, count: int) -> tuple[list[requests.Response], float]:
     """`count` calls one after another; also the wall time the first one was sent."""
     began = time.monotonic()
-    return [post(emulator, deployment) for _ in range(count)], began
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = []
+        for _ in range(count):
+            futures.append(pool.submit(post, emulator, deployment))
+            time.sleep(STAGGER_S)  # keeps the arrival order the send order, not a wait for a state
+        return [f.result() for f in futures], began
 
 
 def retry_ms(r: requests.Response) -> int:
@@ -73,8 +82,14 @@ def test_a_burst_gets_the_period_allowance_and_429s_until_the_next_period(azure_
     assert "retry after" in answers[-1].json()["error"]["message"]
     assert post(azure_like, "b").status_code == 200  # another deployment, its own periods
 
-    time.sleep(retry_ms(answers[-1]) / 1000)  # exactly what the 429 asked for
-    again = [post(azure_like, "a") for _ in range(3)]
+    # What the last 429 asked for, counted from when it was sent; the 200s of the burst take longer
+    # than a period, so by now later periods may have begun: a little into the next one to begin,
+    # so the three calls below cannot straddle its end.
+    next_period = began + 9 * STAGGER_S + retry_ms(answers[-1]) / 1000
+    while next_period < time.monotonic():
+        next_period += period_s
+    time.sleep(next_period + period_s / 4 - time.monotonic())
+    again, _ = burst(azure_like, "a", 3)
     assert [r.status_code for r in again] == [200, 200, 429]
     log = [r for r in azure_like.requests_log() if r["deployment"] == "a"]
     assert [r["outcome"] for r in log] == ["succeeded"] * 2 + ["rate_limited"] * 8 + [

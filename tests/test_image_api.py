@@ -178,7 +178,7 @@ def _png() -> bytes:
 def test_edit_is_multipart_with_each_image_and_the_mask(emulator: Emulator) -> None:
     call = ImageCall(
         operation="edit",
-        fields={"prompt": "edit me", "size": "1024x1024", "input_fidelity": "high", "user": None},
+        fields={"prompt": "edit me", "size": "1024x1024", "background": "opaque", "user": None},
         partial_images=1,
         images=(InputFile("a.png", _png(), "image/png"), InputFile("b.png", _png(), "image/png")),
         mask=InputFile("m.png", _png(), "image/png"),
@@ -189,7 +189,7 @@ def test_edit_is_multipart_with_each_image_and_the_mask(emulator: Emulator) -> N
     assert logged["endpoint"] == "edits"
     names = sorted(p["name"] for p in logged["parts"])
     assert names == ["image[]", "image[]", "mask"]
-    assert logged["body"]["input_fidelity"] == "high"
+    assert logged["body"]["background"] == "opaque"
     assert "user" not in logged["body"]
 
 

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     host, port = server.server_address[:2]
-    names = ", ".join(d.name for d in config.deployments)
+    names = ", ".join(f"{d.name} ({d.model})" for d in config.deployments)
     logging.getLogger("emulator").info(
         "listening on http://%s:%s (deployments %s, time scale %s, fault rate %s, rate model %s)",
         host, port, names, config.time_scale, config.fault_rate, config.rate_model.value,

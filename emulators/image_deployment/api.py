@@ -151,7 +151,7 @@ def route(state: State, incoming: Incoming) -> Routed:
             raise parse_error
         request = validate(
             incoming.endpoint, fields, uploads, from_form=from_form,
-            blocked_phrase=config.blocked_phrase,
+            blocked_phrase=config.blocked_phrase, model=deployment.model,
         )  # fmt: skip
     except InvalidRequest as error:
         body = events.invalid_request(error.message, error.code, error.param)

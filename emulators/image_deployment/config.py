@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
 
 from .limiter import RateModel, RateRule, Rounding
+from .models import DEFAULT_MODEL, rules_for
+from .script import KINDS
 
 _DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -31,6 +33,7 @@ class Deployment:
     rpm: int
     fault_rate: float
     admit_fraction: float = 1.0  # of its nominal rate limit allowance it really admits
+    model: str = DEFAULT_MODEL  # whose size and parameter rules the deployment applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Config:
     rate_period_s: float = 10.0
     rate_rounding: Rounding = Rounding.CEIL
     rate_admit_fraction: float = 1.0
+    model: str = DEFAULT_MODEL
 
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
@@ -82,6 +86,7 @@ class Config:
             "rate_period_s": self.rate_period_s,
             "rate_rounding": self.rate_rounding.value,
             "rate_admit_fraction": self.rate_admit_fraction,
+            "model": self.model,
         }
 
 
@@ -162,14 +167,22 @@ def _non_empty(text: str) -> str:
     return text
 
 
-_DEPLOYMENT_KEYS = ("rpm", "fault_rate", "admit_fraction")
+_DEPLOYMENT_KEYS = ("rpm", "fault_rate", "admit_fraction", "model")
+
+
+def _model(text: str) -> str:
+    return rules_for(text.strip()).name
 
 
 def parse_deployment(
-    spec: str, rpm: int, fault_rate: float, admit_fraction: float = 1.0
+    spec: str,
+    rpm: int,
+    fault_rate: float,
+    admit_fraction: float = 1.0,
+    model: str = DEFAULT_MODEL,
 ) -> Deployment:
-    """`NAME` or `NAME:rpm=N,fault_rate=F,admit_fraction=A`; missing values come from the global
-    options."""
+    """`NAME` or `NAME:rpm=N,fault_rate=F,admit_fraction=A,model=M`; missing values come from the
+    global options."""
     name, _, extras = spec.strip().partition(":")
     if not _DEPLOYMENT_NAME.match(name):
         raise ValueError(f"bad deployment name {name!r} (letters, digits, '.', '_', '-')")
@@ -178,7 +191,8 @@ def parse_deployment(
         key, eq, value = item.partition("=")
         if not eq or key not in _DEPLOYMENT_KEYS:
             raise ValueError(
-                f"bad deployment option {item!r} in {spec!r} (rpm=N, fault_rate=F, admit_fraction=A)"
+                f"bad deployment option {item!r} in {spec!r} "
+                "(rpm=N, fault_rate=F, admit_fraction=A, model=M)"
             )
         values[key] = value
     return Deployment(
@@ -186,6 +200,7 @@ def parse_deployment(
         _rpm(values["rpm"]) if "rpm" in values else rpm,
         _rate(values["fault_rate"]) if "fault_rate" in values else fault_rate,
         _fraction(values["admit_fraction"]) if "admit_fraction" in values else admit_fraction,
+        _model(values["model"]) if "model" in values else model,
     )
 
 
@@ -215,6 +230,12 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
         _fraction,
         "share of its nominal allowance a deployment really admits (e.g. 0.6)",
     ),
+    "model": (
+        _model,
+        "model of every deployment that names none: gpt-image-2 (default), "
+        "gpt-image-1, gpt-image-1-mini or gpt-image-1.5; it decides the sizes and "
+        "parameters the deployment refuses",
+    ),
 }
 # Fixed at start: the listening socket and the clock's origin cannot change under running streams.
 _FIXED = ("host", "port", "time_scale", "seed")
@@ -229,7 +250,9 @@ def parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m emulators.image_deployment",
         description="Emulate an Azure OpenAI gpt-image deployment behind its 60 s gateway.",
-        epilog="Every option can also be set as EMULATOR_<NAME>, e.g. EMULATOR_TIME_SCALE=0.01.",
+        epilog="Every option can also be set as EMULATOR_<NAME>, e.g. EMULATOR_TIME_SCALE=0.01. "
+        f"Scripted outcomes (POST /_emulator/script): {', '.join(KINDS)}; their fields are "
+        "described in emulators/image_deployment/script.py.",
     )
     for name, (_, text) in _SCALARS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, help=text)
@@ -237,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
         "--deployment",
         dest="deployment",
         action="append",
-        help="NAME or NAME:rpm=N,fault_rate=F,admit_fraction=A; repeatable (default gpt-image-2-1)",
+        help="NAME or NAME:rpm=N,fault_rate=F,admit_fraction=A,model=M; repeatable "
+        "(default gpt-image-2-1)",
     )
     return parser
 
@@ -291,6 +315,8 @@ def _spec(d: Deployment, current: Config) -> str:
         own.append(f"fault_rate={d.fault_rate}")
     if d.admit_fraction != current.rate_admit_fraction:
         own.append(f"admit_fraction={d.admit_fraction}")
+    if d.model != current.model:
+        own.append(f"model={d.model}")
     return d.name + (":" + ",".join(own) if own else "")
 
 
@@ -306,7 +332,9 @@ def _build(base: Config, raw: Mapping[str, Any]) -> Config:
     specs = raw.get("deployment") or [d.name for d in base.deployments]
     try:
         deployments = tuple(
-            parse_deployment(s, config.rpm, config.fault_rate, config.rate_admit_fraction)
+            parse_deployment(
+                s, config.rpm, config.fault_rate, config.rate_admit_fraction, config.model
+            )
             for s in specs
         )
     except ValueError as error:

@@ -12,6 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from . import events
@@ -99,14 +100,38 @@ def _b64(state: State, key: ImageKey) -> str:
     return base64.b64encode(state.images.get(key, state.config.get().payload_scale)).decode()
 
 
+_NOT_AN_IMAGE = b"This is not an image: the emulator was scripted to send text. " * 32
+
+
+def _final_b64(state: State, request: ImageRequest, tamper: str | None, variant: int = 0) -> str | None:  # fmt: skip
+    """The final image's base64, or the scripted bad payload (`bad_completed`) in its place."""
+    key = _image_key(request, -1, variant)
+    if tamper == "no_image":
+        return None
+    if tamper == "not_an_image":
+        return base64.b64encode(_NOT_AN_IMAGE).decode()
+    if tamper == "wrong_format":
+        other = "png" if request.output_format == "jpeg" else "jpeg"
+        return _b64(state, replace(key, output_format=other, compression=None))
+    good = _b64(state, key)
+    if tamper == "broken_base64":
+        # Characters outside the alphabet and a length that is not a multiple of 4: a strict
+        # decoder refuses the first, a lenient one (which skips them) the padding.
+        half = len(good) // 2
+        return good[:half] + "*%" + good[half:-1]
+    return good
+
+
 def _frame(state: State, request: ImageRequest, step: Step, sequence: int, partials: int) -> bytes:
     created = int(time.time())
     if step.kind is StepKind.ERROR:
         return events.error_event(request, sequence)
     if step.partial_index is not None:
         b64 = _b64(state, _image_key(request, step.partial_index))
-        return events.partial_event(request, b64, step.partial_index, created)
-    return events.completed_event(request, _b64(state, _image_key(request, -1)), created, partials)
+        index = "x" if step.tamper == "bad_index" else step.partial_index
+        return events.partial_event(request, b64, index, created)
+    b64_final = _final_b64(state, request, step.tamper)
+    return events.completed_event(request, b64_final, created, partials)
 
 
 def _wait(state: State, routed: Routed, at_s: float) -> None:
@@ -147,7 +172,7 @@ def _json(
         body = json_bytes({"error": events.server_error(request)})
         status = 500
     else:
-        images = [_b64(state, _image_key(request, -1, k)) for k in range(request.n)]
+        images = [_final_b64(state, request, step.tamper, k) for k in range(request.n)]
         body = json_bytes(events.json_result(request, images, int(time.time())))
         status = 200
     _wait(state, routed, step.at_s)
@@ -170,7 +195,7 @@ def _stream(
 ) -> str:
     started = False
     for sequence, step in enumerate(plan.steps):
-        frame = _frame(state, request, step, sequence, request.partial_images)  # before the wait
+        frame = _frame(state, request, step, sequence, plan.partials)  # before the wait
         _wait(state, routed, step.at_s)
         if not started:
             headers = routed.headers | {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from .validation import ImageRequest
@@ -42,9 +43,10 @@ def usage(request: ImageRequest, partials: int, images: int = 1) -> dict[str, An
     }
 
 
-def _described(request: ImageRequest, b64: str, created_at: int) -> dict[str, Any]:
+def _described(request: ImageRequest, b64: str | None, created_at: int) -> dict[str, Any]:
+    image = {} if b64 is None else {"b64_json": b64}  # None: the scripted `no_image`
     return {
-        "b64_json": b64,
+        **image,
         "created_at": created_at,
         "size": request.size,
         "quality": request.reported_quality,
@@ -53,13 +55,16 @@ def _described(request: ImageRequest, b64: str, created_at: int) -> dict[str, An
     }
 
 
-def partial_event(request: ImageRequest, b64: str, index: int, created_at: int) -> bytes:
+def partial_event(request: ImageRequest, b64: str, index: int | str, created_at: int) -> bytes:
+    """`index` is a string only for the scripted `bad_partial_index`."""
     name = f"{_prefix(request)}.partial_image"
     data = {"type": name, **_described(request, b64, created_at), "partial_image_index": index}
     return sse(name, data)
 
 
-def completed_event(request: ImageRequest, b64: str, created_at: int, partials: int) -> bytes:
+def completed_event(
+    request: ImageRequest, b64: str | None, created_at: int, partials: int
+) -> bytes:
     name = f"{_prefix(request)}.completed"
     data = {"type": name, **_described(request, b64, created_at), "usage": usage(request, partials)}
     return sse(name, data)
@@ -87,10 +92,12 @@ def error_event(request: ImageRequest, sequence_number: int) -> bytes:
     return sse("error", data)
 
 
-def json_result(request: ImageRequest, images_b64: list[str], created: int) -> dict[str, Any]:
+def json_result(
+    request: ImageRequest, images_b64: list[str | None], created: int
+) -> dict[str, Any]:
     return {
         "created": created,
-        "data": [{"b64_json": b64} for b64 in images_b64],
+        "data": [{} if b64 is None else {"b64_json": b64} for b64 in images_b64],
         "background": request.reported_background,
         "output_format": request.output_format,
         "quality": request.reported_quality,
@@ -105,39 +112,84 @@ def invalid_request(message: str, code: str | None, param: str | None) -> dict[s
     }
 
 
-def moderation_blocked(message: str) -> dict[str, Any]:
+_MODERATED = (
+    "Your request was rejected by the safety system. If you believe this is an error, contact us "
+    "at help.openai.com and include the request ID."
+)
+_AZURE_FILTERED = (
+    "Your request was rejected as a result of our safety system. Your prompt may contain text that "
+    "is not allowed by our safety system."
+)
+# Azure's image docs: a flagged prompt "failed as a result of our safety system".
+_LEGACY_FILTERED = "Your task failed as a result of our safety system."
+CATEGORIES = ("hate", "self_harm", "sexual", "violence")
+
+
+def moderation_blocked(message: str = _MODERATED, category: str | None = None) -> dict[str, Any]:
+    """OpenAI's refusal: `moderation_details` names the stage and the (coarse) categories."""
     return {
         "error": {
             "type": "image_generation_user_error",
             "code": "moderation_blocked",
             "message": message,
             "param": None,
+            "moderation_details": {
+                "moderation_stage": "input",
+                "categories": [] if category is None else [category],
+            },
         }
     }
 
 
-def content_filter() -> dict[str, Any]:
-    """Azure's prompt filter answer (ResponsibleAIPolicyViolation)."""
-    results = {
-        category: {
-            "filtered": category == "violence",
-            "severity": "medium" if category == "violence" else "safe",
-        }
-        for category in ("hate", "self_harm", "sexual", "violence")
+def content_filter_results(category: str, severity: str) -> dict[str, Any]:
+    """Azure's verdict: every category with its severity, the jailbreak shield with `detected`."""
+    results: dict[str, Any] = {
+        c: {"filtered": c == category, "severity": severity if c == category else "safe"}
+        for c in CATEGORIES
     }
+    return results | {"jailbreak": {"filtered": False, "detected": False}}
+
+
+def content_filter(
+    shape: str = "azure", category: str = "sexual", severity: str = "high", prompt: str = ""
+) -> dict[str, Any]:
+    """A 400 refusal of the prompt in one of the three shapes clients meet (see `script`)."""
+    if shape == "openai":
+        return moderation_blocked(category=category)
+    if shape == "azure_legacy":
+        # Older deployments (the DALL-E era image API): camelCase code, status in the body.
+        return {
+            "created": int(time.time()),
+            "error": {"code": "contentFilter", "message": _LEGACY_FILTERED, "status": 400},
+        }
     return {
         "error": {
             "type": "invalid_request_error",
             "code": "content_policy_violation",
-            "message": "Your request was rejected as a result of our safety system. Your prompt may "
-            "contain text that is not allowed by our safety system.",
-            "param": "prompt",
+            "message": _AZURE_FILTERED,
+            "param": None,
+            # `inner_error`, not the chat API's `innererror`.
             "inner_error": {
                 "code": "ResponsibleAIPolicyViolation",
-                "content_filter_results": results,
+                "content_filter_results": content_filter_results(category, severity),
+                "revised_prompt": prompt,
             },
         }
     }
+
+
+_BLOCKED = {
+    "content_policy": "Your resource has been temporarily blocked because we detected behavior "
+    "that may violate our content policy. For more details on Azure OpenAI service content "
+    "policy, please visit https://aka.ms/aoaicodeofconduct",
+    "unusual_behavior": "Your resource has been temporarily blocked because we detected unusual "
+    "behavior.",
+}
+
+
+def resource_blocked(reason: str) -> dict[str, Any]:
+    """Azure's 403 when abuse monitoring blocks the resource: not a bad key."""
+    return {"error": {"code": "Forbidden", "message": _BLOCKED[reason]}}
 
 
 def unauthorized() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 `plan()` is pure: the request, the outcome (scripted, a random fault, or None) and the gateway
 timeout decide it. The gateway rule lives here once: when the first byte would come later than the
-timeout, the answer is a 408 at the timeout instead.
+timeout, the answer is a 408 at the timeout instead, whichever outcome made it late.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Step:
     at_s: float
     kind: StepKind
     partial_index: int | None = None  # which partial (for DROP: the event cut in half)
+    tamper: str | None = None  # a scripted bad payload: a `bad_completed` payload, or "bad_index"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,20 @@ class Delivery:
     @property
     def outcome(self) -> str:
         last = self.steps[-1].kind
+        if last is StepKind.COMPLETED and any(s.tamper for s in self.steps):
+            return "bad_partial_index" if self.steps[-1].tamper is None else "bad_completed"
         return {StepKind.COMPLETED: "succeeded", StepKind.ERROR: "server_error"}.get(
             last, "dropped"
         )
 
+    @property
+    def partials(self) -> int:
+        """Partial images in the plan: what the completed event's usage bills."""
+        return sum(1 for s in self.steps if s.kind is StepKind.PARTIAL)
+
 
 Plan = Answer | Delivery
+_VARIATIONS = ("fewer_partials", "late_first_partial", "bad_completed", "bad_partial_index")
 
 
 def _work(request: ImageRequest, duration: float) -> list[Step]:
@@ -79,6 +88,23 @@ def _interrupt(steps: list[Step], outcome: Outcome) -> list[Step]:
     return [*head, *(replace(s, at_s=s.at_s + outcome.seconds) for s in steps[cut:])]
 
 
+def _vary(steps: list[Step], outcome: Outcome) -> list[Step]:
+    """The outcomes that change what a working stream sends, not whether it ends well."""
+    if outcome.kind == "fewer_partials":
+        # The service: "the final image may be sent before the full number of partial images".
+        kept = [s for s in steps if s.kind is StepKind.PARTIAL][: outcome.partials]
+        return [*kept, steps[-1]]
+    if outcome.kind == "late_first_partial":
+        delay = max(0.0, outcome.seconds - steps[0].at_s)
+        return [replace(s, at_s=s.at_s + delay) for s in steps]
+    if outcome.kind == "bad_completed":
+        return [*steps[:-1], replace(steps[-1], tamper=outcome.payload)]
+    # bad_partial_index: the first partial, if any was asked.
+    if steps[0].kind is StepKind.PARTIAL:
+        return [replace(steps[0], tamper="bad_index"), *steps[1:]]
+    return steps
+
+
 def plan(
     request: ImageRequest,
     outcome: Outcome | None,
@@ -97,7 +123,14 @@ def plan(
             request.endpoint, outcome.retry_after_ms / 1000, api_version, time_scale
         )
     if kind == "content_filter":
-        return Answer(400, events.content_filter(), "content_filter")
+        assert outcome is not None
+        body = events.content_filter(
+            outcome.shape, outcome.category, outcome.severity, request.prompt
+        )
+        return Answer(400, body, "content_filter")
+    if kind == "resource_blocked":
+        assert outcome is not None
+        return Answer(403, events.resource_blocked(outcome.reason), "resource_blocked")
     if kind == "gateway_timeout":
         return gateway_timeout(gateway_timeout_s)
     duration = timing.duration_s(request.width, request.height, request.quality)
@@ -106,6 +139,8 @@ def plan(
     steps = _work(request, duration)
     if outcome is not None and kind in ("server_error", "drop", "stall"):
         steps = _interrupt(steps, outcome)
+    if outcome is not None and kind in _VARIATIONS:
+        steps = _vary(steps, outcome)
     if steps[0].at_s > gateway_timeout_s:
         return gateway_timeout(gateway_timeout_s)
     return Delivery(request.stream, tuple(steps))

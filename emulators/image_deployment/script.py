@@ -3,6 +3,25 @@
 An outcome is a frozen value parsed and validated once. The script is a queue: a request takes the
 first outcome whose `deployment` and `prompt_contains` match it. Durations (`duration_s`, `seconds`,
 `retry_after_ms`) are in emulated time like everything else, so they scale with `--time-scale`.
+
+Outcomes (fields in brackets are optional):
+- `ok`; `server_error` [after_partials]; `http_error` [status]; `rate_limited` [retry_after_ms];
+  `gateway_timeout`; `drop` [after_partials]; `slow` duration_s; `stall` [after_partials, seconds].
+- `content_filter` [shape, category, severity]: a 400 refusal of the prompt. `shape` is `azure`
+  (default: content_policy_violation with `inner_error`), `azure_legacy` (`contentFilter`, as older
+  deployments answer) or `openai` (moderation_blocked with `moderation_details`); `category` (hate,
+  self_harm, sexual (default), violence) is the one filtered, at `severity` low, medium or high.
+- `resource_blocked` [reason]: Azure's 403 "resource temporarily blocked"; `reason` is
+  `content_policy` (default) or `unusual_behavior`.
+- `fewer_partials` [partials]: only `partials` (default 0) of the partial images asked, then the
+  completed event when it was due ("the final image may be sent before the full number of partial
+  images"); the gateway's 408 still fires if nothing comes within its timeout.
+- `late_first_partial` seconds: nothing before `seconds`, then the stream as planned from there
+  (past the gateway timeout, the 408 comes instead).
+- `bad_completed` payload: the completed event (or the JSON result) carries a bad image:
+  `broken_base64`, `not_an_image` (valid base64, not PNG or JPEG), `wrong_format` (JPEG when PNG was
+  asked, PNG otherwise) or `no_image` (no `b64_json` at all).
+- `bad_partial_index`: the first partial image's `partial_image_index` is the string "x".
 """
 
 from __future__ import annotations
@@ -16,7 +35,8 @@ from typing import Any
 
 KINDS = (
     "ok", "server_error", "http_error", "rate_limited", "gateway_timeout", "drop",
-    "content_filter", "slow", "stall",
+    "content_filter", "slow", "stall", "resource_blocked", "fewer_partials",
+    "late_first_partial", "bad_completed", "bad_partial_index",
 )  # fmt: skip
 _ALLOWED = {
     "ok": (),
@@ -25,10 +45,24 @@ _ALLOWED = {
     "rate_limited": ("retry_after_ms",),
     "gateway_timeout": (),
     "drop": ("after_partials",),
-    "content_filter": (),
+    "content_filter": ("shape", "category", "severity"),
     "slow": ("duration_s",),
     "stall": ("after_partials", "seconds"),
+    "resource_blocked": ("reason",),
+    "fewer_partials": ("partials",),
+    "late_first_partial": ("seconds",),
+    "bad_completed": ("payload",),
+    "bad_partial_index": (),
 }
+# The allowed values of the text fields, the first being the default.
+_TEXTS: dict[str, tuple[str, ...]] = {
+    "shape": ("azure", "azure_legacy", "openai"),
+    "category": ("sexual", "hate", "self_harm", "violence"),
+    "severity": ("high", "medium", "low"),
+    "reason": ("content_policy", "unusual_behavior"),
+    "payload": ("broken_base64", "not_an_image", "wrong_format", "no_image"),
+}
+_REQUIRED = {"slow": "duration_s", "late_first_partial": "seconds", "bad_completed": "payload"}
 FAULT_MIN_LONG_SIDE = 2048
 
 
@@ -44,6 +78,12 @@ class Outcome:
     retry_after_ms: float = 1000.0
     duration_s: float | None = None
     seconds: float = 400.0
+    shape: str = "azure"
+    category: str = "sexual"
+    severity: str = "high"
+    reason: str = "content_policy"
+    partials: int = 0
+    payload: str = "broken_base64"
     deployment: str | None = None
     prompt_contains: str | None = None
     random_fault: bool = False  # drawn by the fault rate, not scripted
@@ -99,8 +139,16 @@ def parse_outcome(entry: object, where: str) -> Outcome:
         values["duration_s"] = _number(entry, "duration_s", where, 0, 86_400)
     if "seconds" in entry:
         values["seconds"] = _number(entry, "seconds", where, 0, 86_400)
-    if kind == "slow" and "duration_s" not in values:
-        raise ScriptError(f"{where}: slow needs duration_s")
+    if "partials" in entry:
+        values["partials"] = int(_number(entry, "partials", where, 0, 3))
+    for name, allowed in _TEXTS.items():
+        if name in entry:
+            if entry[name] not in allowed:
+                raise ScriptError(f"{where}: {name} must be one of {', '.join(allowed)}")
+            values[name] = entry[name]
+    required = _REQUIRED.get(kind)
+    if required is not None and required not in entry:
+        raise ScriptError(f"{where}: {kind} needs {required}")
     return Outcome(**values)
 
 

@@ -1,7 +1,8 @@
 """The service's checks of an image request, written afresh for the emulator (not the product's).
 
 JSON bodies are typed strictly, as the service does (`"2"` is not an integer); multipart form fields
-are text and are converted. A refusal raises `InvalidRequest` (400 invalid_request_error) or
+are text and are converted. Sizes, transparent backgrounds and input fidelity follow the
+deployment's model (`models`). A refusal raises `InvalidRequest` (400 invalid_request_error) or
 `ModerationBlocked` (400 image_generation_user_error).
 """
 
@@ -12,26 +13,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .models import DEFAULT_MODEL, ModelRules, quoted_list, rules_for, size_problem
+
 MAX_PROMPT = 32_000
-MAX_SIDE = 3840
-MIN_SIDE = 16
-MAX_PIXELS = 3840 * 2160
-MAX_RATIO = 3.0
 MAX_INPUT_IMAGES = 16
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "quality": ("low", "medium", "high", "auto"),
+    # webp is in OpenAI's API but an Azure deployment refuses it (Azure OpenAI REST reference:
+    # output_format png or jpeg).
     "output_format": ("png", "jpeg"),
     "background": ("auto", "opaque", "transparent"),
     "moderation": ("auto", "low"),
     "input_fidelity": ("low", "high"),
-    "response_format": ("b64_json",),
 }
+# Azure OpenAI REST reference: the GPT image models always answer base64 and Azure refuses
+# `response_format` as an unknown parameter; /images/edits takes no `moderation`. Both are left
+# out of the accepted fields, so they get 400 unknown_parameter like any other stray field.
 _COMMON = {"prompt", "model", "n", "size", "quality", "output_format", "output_compression"}
-_COMMON |= {"background", "moderation", "partial_images", "stream", "user", "response_format"}
-_COMMON |= {"safety_identifier"}
-FIELDS = {"generations": frozenset(_COMMON), "edits": frozenset(_COMMON | {"input_fidelity"})}
+_COMMON |= {"background", "partial_images", "stream", "user", "safety_identifier"}
+FIELDS = {
+    "generations": frozenset(_COMMON | {"moderation"}),
+    "edits": frozenset(_COMMON | {"input_fidelity"}),
+}
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"RIFF": "webp"}
 
 
@@ -157,25 +162,41 @@ class _Fields:
         return value
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    if text == "auto":
-        return 1024, 1024
+def parse_size(text: str, rules: ModelRules | None = None) -> tuple[int, int]:
+    """(width, height) of `text` ("auto" is 1024x1024), refused as the deployment's model would."""
+    rules = rules or rules_for(DEFAULT_MODEL)
     match = _SIZE.match(text)
-    if not match:
+    width, height = (int(match[1]), int(match[2])) if match else (1024, 1024)
+    if rules.sizes is None and text != "auto" and not match:
         raise InvalidRequest(f"Invalid size '{text}'. Use 'auto' or WIDTHxHEIGHT.", "size")
-    width, height = int(match[1]), int(match[2])
-    problem = None
-    if width % 16 or height % 16:
-        problem = "Width and height must both be multiples of 16."
-    elif not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        problem = f"Each side must be between {MIN_SIDE} and {MAX_SIDE} pixels."
-    elif max(width, height) / min(width, height) > MAX_RATIO:
-        problem = "The long side may be at most 3 times the short side."
-    elif width * height > MAX_PIXELS:
-        problem = f"At most {MAX_PIXELS} pixels (3840x2160)."
+    problem = size_problem(rules, text, width, height)
     if problem:
-        raise InvalidRequest(f"Invalid size '{text}'. {problem}", "size")
+        raise InvalidRequest(problem, "size")
     return width, height
+
+
+def _unsupported_value(name: str, value: str, allowed: tuple[str, ...], model: str) -> InvalidRequest:  # fmt: skip
+    return InvalidRequest(
+        f"Unsupported value: '{name}' does not support '{value}' with model '{model}'. "
+        f"Supported values are: {quoted_list(allowed)}.",
+        name,
+        "unsupported_value",
+    )
+
+
+def _check_model(rules: ModelRules, background: str, fidelity: str | None) -> None:
+    if background == "transparent" and not rules.transparent:
+        raise _unsupported_value("background", background, ("auto", "opaque"), rules.name)
+    if fidelity is None:
+        return
+    if not rules.fidelities:
+        raise InvalidRequest(
+            f"Unsupported parameter: 'input_fidelity' is not supported with model '{rules.name}'.",
+            "input_fidelity",
+            "unsupported_parameter",
+        )
+    if fidelity not in rules.fidelities:
+        raise _unsupported_value("input_fidelity", fidelity, rules.fidelities, rules.name)
 
 
 def validate(
@@ -185,7 +206,9 @@ def validate(
     *,
     from_form: bool = False,
     blocked_phrase: str = "",
+    model: str = DEFAULT_MODEL,
 ) -> ImageRequest:
+    rules = rules_for(model)
     for name in body:
         if name not in FIELDS[endpoint]:
             raise InvalidRequest(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
@@ -214,16 +237,17 @@ def validate(
         raise InvalidRequest(
             "Invalid 'user': string too long (at most 256).", "user", "string_above_max_length"
         )
-    width, height = parse_size(fields.text("size") or "auto")
+    width, height = parse_size(fields.text("size") or "auto", rules)
     quality = fields.choice("quality", "auto")
     n = fields.integer("n", 1, 1, 10) or 1
     output_format = fields.choice("output_format", "png")
     compression = fields.integer("output_compression", None, 0, 100)
     background = fields.choice("background", "auto")
-    fields.choice("moderation", "auto")
-    fields.choice("response_format", "b64_json")
-    if endpoint == "edits":
-        fields.choice("input_fidelity", "low")
+    if endpoint == "generations":
+        fields.choice("moderation", "auto")
+    fidelity = (
+        fields.choice("input_fidelity", "low") if body.get("input_fidelity") is not None else None
+    )
     partial_images = fields.integer("partial_images", 0, 0, 3) or 0
     stream = fields.boolean("stream")
     if compression is not None and output_format != "jpeg":
@@ -236,6 +260,7 @@ def validate(
         )
     if stream and n > 1:
         raise InvalidRequest("Streaming is only supported with n=1.", "n")
+    _check_model(rules, background, fidelity)
     images = _check_uploads(uploads) if endpoint == "edits" else 0
     if blocked_phrase and blocked_phrase.lower() in prompt.lower():
         raise ModerationBlocked(
