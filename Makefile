@@ -28,9 +28,10 @@ node_modules/.installed: package.json package-lock.json
 test: setup ## Run the test suite (starts Azurite if none is listening, stops only what it started)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup ## ruff check and format check
+lint: setup ## ruff check and format check; azure-functions-doctor on the app and infra/ (Flex Consumption checks)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/azure-functions-doctor doctor --path . --profile deploy
 
 fmt: setup ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
