@@ -17,8 +17,16 @@ from pathlib import Path
 from types import FrameType
 
 from emulators.functions_host.app_loader import load_app
-from emulators.functions_host.app_settings import export_to_environ, load_settings
+from emulators.functions_host.app_settings import AppSettings, export_to_environ, load_settings
+from emulators.functions_host.blob_listener import (
+    DEFAULT_DEAD_LETTER_CONTAINER,
+    DEFAULT_SCAN_INTERVAL_S,
+    HOST_ID_SETTING,
+    BlobOptions,
+)
+from emulators.functions_host.blob_receipts import host_id_from
 from emulators.functions_host.errors import HostStartupError
+from emulators.functions_host.eventgrid import DEFAULT_MAX_ATTEMPTS, EventGridRetryPolicy
 from emulators.functions_host.host import DEFAULT_LEASE_S, Host, HostOptions, thread_count
 from emulators.functions_host.host_config import load_host_config
 from emulators.functions_host.logs import configure_logging
@@ -32,7 +40,7 @@ EXIT_STARTUP = 2
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m emulators.functions_host",
-        description="Run function_app.py's queue triggers against Storage like the Functions host.",
+        description="Run function_app.py's queue and blob triggers against Storage like the Functions host.",
     )
     parser.add_argument("--app-dir", type=Path, default=Path("."), help="folder of function_app.py")
     parser.add_argument(
@@ -52,6 +60,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help=f"message visibility while running, renewed at half-time (default ${LEASE_ENV} or {DEFAULT_LEASE_S})",
     )
+    parser.add_argument(
+        "--blob-scan-interval-s",
+        type=float,
+        default=DEFAULT_SCAN_INTERVAL_S,
+        help="how often blob triggers list their container (Azurite has no Event Grid or logs)",
+    )
+    parser.add_argument(
+        "--eventgrid-time-scale",
+        type=float,
+        default=1.0,
+        help="scale Event Grid's retry schedule and 24 h event time to live (0.01: 10 s -> 0.1 s)",
+    )
+    parser.add_argument(
+        "--eventgrid-max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help=f"Event Grid delivery attempts before the dead letter (1..30, default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    parser.add_argument(
+        "--eventgrid-dead-letter-container",
+        default=DEFAULT_DEAD_LETTER_CONTAINER,
+        help="container that receives Event Grid's dead-lettered events",
+    )
     parser.add_argument("--verbose", action="store_true", help="log renewals and capacity waits")
     return parser.parse_args(argv)
 
@@ -70,6 +101,24 @@ def lease_seconds(args: argparse.Namespace) -> int:
         ) from None
 
 
+def blob_options(args: argparse.Namespace, settings: AppSettings, app_dir: Path) -> BlobOptions:
+    """The host id names receipts and the Event Grid subscription: the setting, else the folder."""
+    if args.blob_scan_interval_s < 0.05:
+        raise HostStartupError("--blob-scan-interval-s must be at least 0.05")
+    try:
+        policy = EventGridRetryPolicy(
+            args.eventgrid_max_attempts, time_scale=args.eventgrid_time_scale
+        )
+    except ValueError as error:
+        raise HostStartupError(f"Event Grid retry policy: {error}") from None
+    return BlobOptions(
+        host_id=host_id_from(settings.get(HOST_ID_SETTING) or app_dir.name),
+        scan_interval_s=args.blob_scan_interval_s,
+        event_grid=policy,
+        dead_letter_container=args.eventgrid_dead_letter_container,
+    )
+
+
 def build_host(args: argparse.Namespace) -> Host:
     """Settings, host.json and the app, in the order Core Tools reads them."""
     app_dir = args.app_dir.resolve()
@@ -78,7 +127,11 @@ def build_host(args: argparse.Namespace) -> Host:
     settings = load_settings(app_dir, dict(os.environ))
     export_to_environ(settings, os.environ)  # the app reads its settings from the environment
     config = load_host_config(app_dir, settings.values)
-    options = HostOptions(lease_s=lease_seconds(args), thread_count=thread_count(settings))
+    options = HostOptions(
+        lease_s=lease_seconds(args),
+        thread_count=thread_count(settings),
+        blobs=blob_options(args, settings, app_dir),
+    )
     os.chdir(app_dir)  # the worker runs with the app folder as its working directory
     return Host(load_app(app_dir, settings), config, settings, options)
 
@@ -91,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HostStartupError as error:
         print(f"functions_host: error: {error}", file=sys.stderr)
         return EXIT_STARTUP
-    if not host.listeners:
-        log.warning("No queue-triggered functions found; nothing to run")
+    if not host.listeners and not host.blob_listeners:
+        log.warning("No queue- or blob-triggered functions found; nothing to run")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -3,13 +3,15 @@
 `connection` names a setting; empty means `AzureWebJobsStorage`; `AzureWebJobs<name>` is tried
 before `<name>`. The value is a connection string (`UseDevelopmentStorage=true` is Azurite's
 well-known account on 127.0.0.1), or the setting is identity-based (`<name>__queueServiceUri`,
-`<name>__serviceUri` or `<name>__accountName`) and uses DefaultAzureCredential.
+`<name>__serviceUri` or `<name>__accountName`; `<name>__blobServiceUri` for blob triggers) and
+uses DefaultAzureCredential.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
 from emulators.functions_host.app_settings import AppSettings
@@ -25,16 +27,18 @@ _DEV_KEY = (
 DEVELOPMENT_STORAGE = (
     f"DefaultEndpointsProtocol=http;AccountName={_DEV_ACCOUNT};AccountKey={_DEV_KEY};"
     f"QueueEndpoint=http://127.0.0.1:10001/{_DEV_ACCOUNT};"
+    f"BlobEndpoint=http://127.0.0.1:10000/{_DEV_ACCOUNT};"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class QueueConnection:
-    """Either a connection string or a queue service URI used with DefaultAzureCredential."""
+    """Either a connection string or service URIs used with DefaultAzureCredential."""
 
     setting: str
     connection_string: str | None = field(default=None, repr=False)
     queue_service_uri: str | None = None
+    blob_service_uri: str | None = None
 
     def service_client(self) -> QueueServiceClient:
         if self.connection_string is not None:
@@ -42,6 +46,15 @@ class QueueConnection:
         from azure.identity import DefaultAzureCredential  # only identity-based apps need it
 
         return QueueServiceClient(str(self.queue_service_uri), credential=DefaultAzureCredential())
+
+    def blob_service_client(self) -> BlobServiceClient:
+        if self.connection_string is not None:
+            return BlobServiceClient.from_connection_string(self.connection_string)
+        if self.blob_service_uri is None:
+            raise MissingSettingError(f"{self.setting}__blobServiceUri", "a blob trigger")
+        from azure.identity import DefaultAzureCredential
+
+        return BlobServiceClient(self.blob_service_uri, credential=DefaultAzureCredential())
 
 
 def _is_development_storage(value: str) -> bool:
@@ -60,14 +73,16 @@ def resolve_connection(
             if _is_development_storage(value):
                 return QueueConnection(candidate, DEVELOPMENT_STORAGE)
             return QueueConnection(candidate, value)
-        uri = settings.get(f"{candidate}__queueServiceUri") or settings.get(
+        account = settings.get(f"{candidate}__accountName")
+        queue_uri = settings.get(f"{candidate}__queueServiceUri") or settings.get(
             f"{candidate}__serviceUri"
         )
-        if uri:
-            return QueueConnection(candidate, queue_service_uri=uri)
-        account = settings.get(f"{candidate}__accountName")
+        blob_uri = settings.get(f"{candidate}__blobServiceUri")
         if account:
+            queue_uri = queue_uri or f"https://{account}.queue.core.windows.net"
+            blob_uri = blob_uri or f"https://{account}.blob.core.windows.net"
+        if queue_uri or blob_uri:
             return QueueConnection(
-                candidate, queue_service_uri=f"https://{account}.queue.core.windows.net"
+                candidate, queue_service_uri=queue_uri, blob_service_uri=blob_uri
             )
     raise MissingSettingError(name, needed_for)

@@ -1,4 +1,4 @@
-"""The host: one listener per queue trigger, the worker's thread pool and event loop, shutdown, drain."""
+"""The host: one listener per queue or blob trigger, the worker's pools and event loop, shutdown, drain."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from emulators.functions_host.app_loader import LoadedApp
+from emulators.functions_host.app_loader import EVENT_GRID, LoadedApp
 from emulators.functions_host.app_settings import AppSettings
+from emulators.functions_host.blob_eventgrid import EventGridBlobListener
+from emulators.functions_host.blob_invocation import BlobInvoker
+from emulators.functions_host.blob_listener import BlobListener, BlobOptions
+from emulators.functions_host.blob_polling import PollingBlobListener
 from emulators.functions_host.capacity import Slots
 from emulators.functions_host.connections import resolve_connection
 from emulators.functions_host.delivery import LeaseKeeper
@@ -52,6 +56,7 @@ def thread_count(settings: AppSettings) -> int:
 class HostOptions:
     lease_s: int = DEFAULT_LEASE_S
     thread_count: int = 6
+    blobs: BlobOptions = field(default_factory=lambda: BlobOptions(host_id="localhost"))
 
 
 class Host:
@@ -109,6 +114,44 @@ class Host:
                     clock=clock,
                 )
             )
+        self.blob_listeners = self._blob_listeners(settings)
+
+    def _blob_listeners(self, settings: AppSettings) -> list[BlobListener]:
+        """Blob triggers run their code on a pool of their own, the size of the worker's pool."""
+        if not self.app.blob_functions:
+            return []
+        self._blob_pool = ThreadPoolExecutor(
+            self.options.thread_count, thread_name_prefix="blob-worker"
+        )
+        blobs = replace(self.options.blobs, lease_s=self.options.lease_s)
+        listeners: list[BlobListener] = []
+        for function in self.app.blob_functions:
+            connection = resolve_connection(
+                function.connection, settings, f"the connection of function '{function.name}'"
+            )
+            invoker = BlobInvoker(
+                function, self._blob_pool, self.config.function_timeout_s,
+                self.config.function_timeout_text, self._clock,
+            )  # fmt: skip
+            blob_service = connection.blob_service_client()
+            if function.source == EVENT_GRID:
+                listeners.append(
+                    EventGridBlobListener(
+                        function, blob_service, invoker, blobs, connection.service_client()
+                    )
+                )
+            else:
+                listeners.append(
+                    PollingBlobListener(
+                        function,
+                        blob_service,
+                        invoker,
+                        blobs,
+                        self.config.queues,
+                        connection.service_client(),
+                    )
+                )
+        return listeners
 
     def start(self) -> None:
         for skipped in self.app.skipped:
@@ -126,6 +169,15 @@ class Host:
                 "Found function 'Functions.%s': queue trigger on '%s'",
                 listener.function.name,
                 listener.function.queue_name,
+            )
+        for blob_listener in self.blob_listeners:
+            blob_listener.prepare()
+            blob_listener.start()
+            log.info(
+                "Found function 'Functions.%s': blob trigger (%s) on '%s'",
+                blob_listener.function.name,
+                blob_listener.function.source,
+                blob_listener.function.path,
             )
         queues = self.config.queues
         log.info(
@@ -148,6 +200,9 @@ class Host:
         with self._changed:
             return sum(listener.in_flight for listener in self.listeners)
 
+    def blobs_idle(self) -> bool:
+        return all(listener.idle() for listener in self.blob_listeners)
+
     def pending_messages(self) -> int:
         """Messages on every trigger queue, invisible ones included (Azurite and Azure count them)."""
         total = 0
@@ -163,7 +218,7 @@ class Host:
         quiet = 0
         while not stop.wait(interval_s):
             try:
-                idle = self.in_flight == 0 and self.pending_messages() == 0
+                idle = self.in_flight == 0 and self.pending_messages() == 0 and self.blobs_idle()
             except AzureError as error:
                 log.warning("Could not read queue lengths: %s", error)
                 idle = False
@@ -178,13 +233,20 @@ class Host:
         log.info("Stopping the host (grace %ss)", grace_s)
         for listener in self.listeners:
             listener.stop()
+        for blob_listener in self.blob_listeners:
+            blob_listener.stop()
         for listener in self.listeners:
             listener.join(timeout=30)
+        for blob_listener in self.blob_listeners:
+            blob_listener.join(timeout=30)
         deadline = self._clock() + grace_s
+        unfinished_blobs = sum(
+            b.wait_finished(max(0.0, deadline - self._clock())) for b in self.blob_listeners
+        )
         with self._changed:
             while self.in_flight > 0 and self._clock() < deadline:
                 self._changed.wait(min(0.2, max(0.0, deadline - self._clock())))
-            unfinished = self.in_flight
+            unfinished = self.in_flight + unfinished_blobs
         self._keeper.stop()
         if unfinished:
             log.warning(

@@ -17,7 +17,7 @@ from typing import Any
 import azure.functions as func
 from azure.functions.queue import QueueMessage
 
-from emulators.functions_host.app_loader import QueueFunction
+from emulators.functions_host.app_loader import BlobFunction, QueueFunction
 from emulators.functions_host.errors import MessageDecodeError
 
 log = logging.getLogger("functions_host")
@@ -136,7 +136,10 @@ def log_executing(function: QueueFunction, invocation_id: str) -> None:
 
 
 def log_executed(
-    function: QueueFunction, invocation_id: str, duration_s: float, error: BaseException | None
+    function: QueueFunction | BlobFunction,
+    invocation_id: str,
+    duration_s: float,
+    error: BaseException | None,
 ) -> None:
     duration_ms = round(duration_s * 1000)
     if error is None:
