@@ -204,13 +204,18 @@ class Settings(OperatorSettings):
         float, _env("IMAGE_INVOCATION_BUDGET_S"), _within(1.0, 86400.0)
     ] = 900.0
     quota_container: Annotated[_Container, _env("IMAGE_QUOTA_CONTAINER")] = "imagegen-quota"
-    # A request not done this long after it was submitted fails instead of being retried further.
+    # A request not done this long after its first delivery fails instead of being retried further.
     request_deadline_s: Annotated[
         float, _env("IMAGE_REQUEST_DEADLINE_S"), _within(10.0, 30 * 86400.0)
     ] = 86400.0
     # Attempts that could not reach the service at all (connect errors) allowed per delivery
     # before the invocation fails and the queue's own redelivery takes over.
     max_connect_errors: Annotated[int, _env("IMAGE_MAX_CONNECT_ERRORS"), _within(1, 50)] = 5
+    # Sends to a deployment may run this many ahead of the even pace (1: strictly one per interval).
+    rate_burst: Annotated[int, _env("AZURE_OPENAI_BURST"), _within(1, 10)] = 1
+    # Streams (calls in flight) one process holds at once, across the images of every invocation:
+    # host.json's batchSize + newBatchThreshold invocations, fanned out to their n images.
+    max_streams: Annotated[int, _env("IMAGE_MAX_STREAMS"), _within(1, 256)] = 32
 
     @property
     def poison_queue(self) -> str:

@@ -130,6 +130,18 @@ def emulator(_shared_emulator: Emulator) -> Emulator:
     return _shared_emulator
 
 
+@pytest.fixture(scope="session")
+def _sliding_emulator(emulator_factory: EmulatorFactory) -> Emulator:
+    return emulator_factory(extra_args=("--rate-model", "sliding"))
+
+
+@pytest.fixture
+def sliding_emulator(_sliding_emulator: Emulator) -> Emulator:
+    """Like `emulator`, with the older sliding 60 s rate window (its headers carry a reset time)."""
+    _sliding_emulator.reset()
+    return _sliding_emulator
+
+
 @pytest.fixture
 def product_factory(
     azurite_connection_string: str,

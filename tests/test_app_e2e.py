@@ -265,16 +265,18 @@ def test_a_long_request_continues_in_fresh_invocations_without_regenerating(
     product_factory,  # type: ignore[no-untyped-def]
     emulator: Emulator,
 ) -> None:
-    product = product_factory(overrides={"IMAGE_INVOCATION_BUDGET_S": "1"})
+    # 1 RPM over the scaled 0.6 s minute: one send per 0.61 s, so the third image's send falls
+    # after the 1 s budget; 2048x2048 medium (about 1.2 s at x0.01) outlasts the budget too.
+    overrides = {"IMAGE_INVOCATION_BUDGET_S": "1", "AZURE_OPENAI_RPM": "1"}
+    product = product_factory(overrides=overrides)
     text = prompt("budget")
-    # 2048x2048 medium takes about 1.2 s at the x0.01 clock: longer than the 1 s budget.
     rid = product.client.submit({"prompt": text, "size": "2048x2048", "quality": "medium", "n": 3})
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded"
     assert len(emulator.calls_for(text)) == 3
-    assert [a["image_index"] for a in manifest["attempts"]] == [0, 1, 2]
+    assert sorted(a["image_index"] for a in manifest["attempts"]) == [0, 1, 2]
     invocations = product.host.log_tail(500).count("Executing 'Functions.process_image_request'")
-    assert invocations >= 3
+    assert invocations >= 2
 
 
 def test_a_redelivery_repairs_a_status_left_running_beside_a_manifest(product: Product) -> None:

@@ -218,11 +218,13 @@ def test_two_hundred_429s_keep_status_json_at_a_fixed_size(
     wait_until(watch, 180, interval=0.2, what="the flooded request to finish")
     manifest = product.wait_terminal(rid)
     assert manifest["status"] == "succeeded", manifest
-    assert manifest["outcome_counts"] == {"rate_limited": 200, "succeeded": 1}
-    assert manifest["calls"] == 201
+    # The 200 scripted 429s, and any the emulator's own limit added while the pace adapted.
+    calls = len(emulator.calls_for(text))
+    assert calls >= 201
+    assert manifest["outcome_counts"] == {"rate_limited": calls - 1, "succeeded": 1}
+    assert manifest["calls"] == calls
     assert len(manifest["attempts"]) == KEEP_FREE_ATTEMPTS + 1
-    assert manifest["attempts"][-1]["attempt"] == 201
-    assert len(emulator.calls_for(text)) == 201
+    assert manifest["attempts"][-1]["attempt"] == calls
     status = product.read_json(rid, "status.json")
     assert status is not None and len(status["attempts"]) == KEEP_FREE_ATTEMPTS + 1
     # Fixed size: it grows until KEEP_FREE_ATTEMPTS free calls are kept, then stays there although

@@ -122,7 +122,8 @@ def test_http_error_answers_that_status(emulator: Any) -> None:
     assert emulator.requests_log()[0]["outcome"] == "http_error"
 
 
-def test_rate_limited_headers_are_in_scaled_time(emulator: Any) -> None:
+def test_rate_limited_headers_are_in_scaled_time(sliding_emulator: Any) -> None:
+    emulator = sliding_emulator
     emulator.script({"outcome": "rate_limited", "retry_after_ms": 1500})
     r = post(emulator, SMALL)
     assert r.status_code == 429
@@ -205,7 +206,8 @@ def test_stall_then_the_stream_carries_on(emulator: Any) -> None:
     assert arrivals[1][1] - arrivals[0][1] >= 50 * emulator.time_scale
 
 
-def test_script_matches_prompt_and_appends_in_order(emulator: Any) -> None:
+def test_script_matches_prompt_and_appends_in_order(sliding_emulator: Any) -> None:
+    emulator = sliding_emulator
     emulator.script({"outcome": "http_error", "status": 502, "prompt_contains": "zebra"})
     emulator.script(
         {"outcome": "http_error", "status": 500}, {"outcome": "http_error", "status": 503}

@@ -277,7 +277,8 @@ def _uuid(text: str) -> uuid.UUID:
     return uuid.UUID(text)
 
 
-def test_every_response_carries_ids_region_and_ratelimit_headers(emulator: Any) -> None:
+def test_every_response_carries_ids_region_and_ratelimit_headers(sliding_emulator: Any) -> None:
+    emulator = sliding_emulator
     answers = [
         generate(emulator, {"prompt": "x", "size": "1024x640"}, headers={}),
         generate(emulator, {"prompt": "x", "size": "17x16"}),
@@ -358,7 +359,8 @@ def test_request_log_never_holds_the_secret(emulator: Any) -> None:
     assert [r["auth"] for r in log] == ["api-key", "bearer"]
 
 
-def test_reset_clears_log_script_and_windows(emulator: Any) -> None:
+def test_reset_clears_log_script_and_windows(sliding_emulator: Any) -> None:
+    emulator = sliding_emulator
     emulator.script({"outcome": "http_error", "status": 503})
     generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"}, headers={})
     assert emulator.requests_log()

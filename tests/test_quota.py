@@ -1,11 +1,12 @@
-"""The cross-instance request budget in a blob, against the running Azurite.
+"""The cross-instance pace in a blob, against the running Azurite.
 
-Instances are simulated by separate `BlobQuota` objects, each with its own `BlobServiceClient`
+Instances are simulated by separate `BlobPacer` objects, each with its own `BlobServiceClient`
 (so its own connection pool): they share nothing but the blob, as Function App instances do.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -18,9 +19,9 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.policy.breaker import Breaker
-from shared.policy.ratelimit import SlidingWindow
+from shared.policy.pacer import Pace, PacePolicy
 from shared.settings import DeploymentConfig
-from shared.storage.quota import BlobQuota, decode_window, encode_window
+from shared.storage.quota import BlobPacer, decode_pace, encode_pace
 from shared.worker.router import Router, Use
 
 
@@ -64,36 +65,44 @@ def container(conn: str, name: str, counter: RequestCounter | None = None) -> Co
     return BlobServiceClient.from_connection_string(conn, **kwargs).get_container_client(name)
 
 
-def test_limit_respected_by_one_client(azurite_connection_string: str, container_name: str) -> None:
+def pacer(conn: str, name: str, clock: Callable[[], float], **kwargs: Any) -> BlobPacer:
+    return BlobPacer(container(conn, name), clock=clock, **kwargs)
+
+
+def test_sends_are_paced_for_one_client(
+    azurite_connection_string: str, container_name: str
+) -> None:
     clock = Clock()
-    quota = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
-    assert [quota.acquire("dep-a", 3, 60.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    clock.now += 20.0
-    assert quota.acquire("dep-a", 3, 60.0) == pytest.approx(40.0)
-    assert quota.acquire("dep-b", 3, 60.0) == 0.0  # one window per deployment
-    clock.now += 40.0
-    assert quota.acquire("dep-a", 3, 60.0) == 0.0
-    stored = quota.window("dep-a", 3, 60.0)
-    assert stored.sent == (clock.now,)  # the three of a minute ago aged out of the blob too
+    quota = pacer(azurite_connection_string, container_name, clock)
+    assert quota.acquire_wait("dep-a", 10) == 0.0
+    assert quota.acquire_wait("dep-a", 10) == pytest.approx(6.12)  # 60 s / 10, 2 % guard
+    assert quota.acquire_wait("dep-b", 10) == 0.0  # one pace per deployment
+    clock.now += 6.12
+    assert quota.acquire_wait("dep-a", 10) == 0.0
+    assert quota.pace("dep-a", 10).tat == pytest.approx(clock.now + 6.12)
 
 
-def test_blob_is_the_serialised_window(azurite_connection_string: str, container_name: str) -> None:
+def test_blob_is_the_serialised_pace(azurite_connection_string: str, container_name: str) -> None:
     clock = Clock()
     client = container(azurite_connection_string, container_name)
-    BlobQuota(client, clock=clock).acquire("dep-a", 10, 60.0)
+    BlobPacer(client, clock=clock).acquire_wait("dep-a", 10)
     body = json.loads(client.download_blob("dep-a.json").readall())
     assert body == {
-        "schema": "imagegen.quota/1",
-        "limit": 10,
-        "window_s": 60.0,
-        "sent": [clock.now],
+        "schema": "imagegen.pace/1",
+        "interval_s": 6.12,
+        "tat": clock.now + 6.12,
+        "paused_until": 0.0,
     }
-    window = SlidingWindow(limit=5, window_s=30.0, sent=(1.0, 2.5))
-    assert decode_window(encode_window(window), 5, 30.0) == window
-    assert decode_window(b"not json", 5, 30.0) == SlidingWindow(limit=5, window_s=30.0)
+    policy = PacePolicy(rpm=10)
+    pace = Pace(interval_s=7.5, tat=12.0, paused_until=3.0)
+    assert decode_pace(encode_pace(pace), policy) == pace
+    assert decode_pace(b"not json", policy) == Pace.start(policy)
+    # A sliding window left by an older version reads as a fresh pace, not a blocked deployment.
+    old = b'{"schema":"imagegen.quota/1","limit":10,"window_s":60.0,"sent":[1.0]}'
+    assert decode_pace(old, policy) == Pace.start(policy)
 
 
-def test_at_most_two_round_trips_per_acquire_uncontended(
+def test_at_most_two_round_trips_per_send_uncontended(
     azurite_connection_string: str, container_name: str
 ) -> None:
     counter = RequestCounter()
@@ -101,64 +110,54 @@ def test_at_most_two_round_trips_per_acquire_uncontended(
     client.create_container()
     counter.take()
     clock = Clock()
-    quota = BlobQuota(client, clock=clock)
-    assert quota.acquire("dep-a", 2, 60.0) == 0.0
+    quota = BlobPacer(client, clock=clock)
+    assert quota.acquire_wait("dep-a", 10) == 0.0
     assert counter.take() == ["GET", "PUT"]  # read (404), create with If-None-Match: *
-    assert quota.acquire("dep-a", 2, 60.0) == 0.0
+    assert quota.acquire_wait("dep-a", 10) > 0.0
+    assert counter.take() == []  # the next slot is later by what we last wrote: no round trip
+    clock.now += 6.12
+    assert quota.acquire_wait("dep-a", 10) == 0.0
     assert counter.take() == ["GET", "PUT"]  # read, write with If-Match
-    assert quota.acquire("dep-a", 2, 60.0) > 0.0
-    assert counter.take() == []  # full by what we last wrote: known without asking storage
-    clock.now += 61.0  # our sends have aged out: storage decides again
-    assert quota.acquire("dep-a", 2, 60.0) == 0.0
-    assert counter.take() == ["GET", "PUT"]
-    assert quota.acquire("dep-a", 2, 60.0) == 0.0
-    assert counter.take() == ["GET", "PUT"]
-    # The server agrees with what we hold: nothing to pad, no round trip at all.
-    quota.observe("dep-a", 2, remaining=0, reset_s=60.0)
-    assert counter.take() == []
 
 
-def test_observe_pads_the_shared_window(
-    azurite_connection_string: str, container_name: str
-) -> None:
+def test_a_429_pauses_every_instance(azurite_connection_string: str, container_name: str) -> None:
     clock = Clock()
-    one = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
-    other = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
-    assert one.acquire("dep-a", 10, 60.0) == 0.0
-    # The server says only 5 remain (someone else spends the same deployment): hold back 4 more.
-    one.observe("dep-a", 10, remaining=5, reset_s=30.0)
-    assert other.window("dep-a", 10, 60.0).remaining(clock.now) == 5
-    for _ in range(5):
-        assert other.acquire("dep-a", 10, 60.0) == 0.0
-    assert other.acquire("dep-a", 10, 60.0) > 0.0
-    clock.now += 30.0  # the placeholders expire when the server said its window resets
-    assert other.acquire("dep-a", 10, 60.0) == 0.0
+    one = pacer(azurite_connection_string, container_name, clock)
+    other = pacer(azurite_connection_string, container_name, clock)
+    assert one.acquire_wait("dep-a", 10) == 0.0
+    one.throttled("dep-a", 10, 30.0)
+    assert other.acquire_wait("dep-a", 10) == pytest.approx(30.0)
+    assert other.pace("dep-a", 10).interval_s == pytest.approx(6.12 * 1.25)
+    clock.now += 30.0
+    assert other.acquire_wait("dep-a", 10) == 0.0
 
 
 def test_conflicting_write_is_retried(azurite_connection_string: str, container_name: str) -> None:
     """Another instance writes between our read and our write: 412, read again, succeed."""
     base = Clock()
-    rival = BlobQuota(container(azurite_connection_string, container_name), clock=base)
-    assert rival.acquire("dep-a", 10, 60.0) == 0.0  # the blob exists from here on
+    rival = pacer(azurite_connection_string, container_name, base, burst=5)
+    assert rival.acquire_wait("dep-a", 10) == 0.0  # the blob exists from here on
     interfered: list[float] = []
 
     def clock_that_lets_the_rival_in() -> float:
         # Our clock is read after the blob was read: the rival writes now, once.
         if not interfered:
             interfered.append(base.now)
-            assert rival.acquire("dep-a", 10, 60.0) == 0.0
+            assert rival.acquire_wait("dep-a", 10) == 0.0
         return base.now
 
     pauses: list[float] = []
-    quota = BlobQuota(
+    quota = BlobPacer(
         container(azurite_connection_string, container_name),
         clock=clock_that_lets_the_rival_in,
         sleep=pauses.append,
         rng=random.Random(7),
+        burst=5,
     )
-    assert quota.acquire("dep-a", 10, 60.0) == 0.0
+    assert quota.acquire_wait("dep-a", 10) == 0.0
     assert quota.conflicts == 1 and len(pauses) == 1 and 0.0 <= pauses[0] <= 0.05
-    assert len(quota.window("dep-a", 10, 60.0).sent) == 3  # nobody's send was lost
+    # Nobody's send was lost: three sends moved the schedule three intervals.
+    assert quota.pace("dep-a", 10).tat == pytest.approx(base.now + 3 * 6.12)
 
 
 def test_an_instance_that_dies_mid_exchange_holds_nothing(
@@ -169,20 +168,20 @@ def test_an_instance_that_dies_mid_exchange_holds_nothing(
     def dies() -> float:
         raise SystemExit("instance killed between read and write")
 
-    doomed = BlobQuota(container(azurite_connection_string, container_name), clock=dies)
+    doomed = BlobPacer(container(azurite_connection_string, container_name), clock=dies)
     with pytest.raises(SystemExit):
-        doomed.acquire("dep-a", 1, 60.0)
-    survivor = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
-    assert survivor.acquire("dep-a", 1, 60.0) == 0.0
+        doomed.acquire_wait("dep-a", 1)
+    survivor = pacer(azurite_connection_string, container_name, clock)
+    assert survivor.acquire_wait("dep-a", 1) == 0.0
 
 
-def test_three_instances_never_exceed_the_limit_in_any_window(
+def test_three_instances_keep_the_pace_between_them(
     azurite_connection_string: str, container_name: str
 ) -> None:
-    """60 sends through 3 instances against 10 per 1 s window (a minute scaled to a second)."""
-    limit, window_s, per_instance = 10, 1.0, 20
+    """45 sends through 3 instances at 600 per minute scaled to 6 s: one per 10 ms at most."""
+    rpm, window_s, per_instance = 600, 6.0, 15
+    interval = window_s / rpm * 1.02
     sends: list[float] = []
-    conflicts: list[int] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     start = threading.Barrier(3)
@@ -194,24 +193,20 @@ def test_three_instances_never_exceed_the_limit_in_any_window(
             last[0] = time.time()
             return last[0]
 
-        quota = BlobQuota(
-            container(azurite_connection_string, container_name), clock=clock, window_s=window_s
-        )
+        quota = pacer(azurite_connection_string, container_name, clock, window_s=window_s)
         try:
             start.wait(timeout=10)
             taken = 0
             while taken < per_instance:
-                wait = quota.acquire_wait("shared-dep", limit)
+                wait = quota.acquire_wait("shared-dep", rpm)
                 if wait > 0:
                     time.sleep(wait)  # what the pipeline does with a short wait
                     continue
                 with lock:
-                    sends.append(last[0])  # the time this send was recorded under
+                    sends.append(last[0])  # the time this send was taken under
                 taken += 1
         except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
             errors.append(exc)
-        finally:
-            conflicts.append(quota.conflicts)
 
     threads = [threading.Thread(target=instance) for _ in range(3)]
     for thread in threads:
@@ -222,16 +217,13 @@ def test_three_instances_never_exceed_the_limit_in_any_window(
     assert not any(thread.is_alive() for thread in threads)
     assert len(sends) == 3 * per_instance
     sends.sort()
-    busiest = max(
-        sum(1 for t in sends[i:] if t < start_t + window_s) for i, start_t in enumerate(sends)
-    )
-    assert busiest <= limit
-    # Sanity of the measure itself: 60 sends at 10 per second took at least 5 windows.
-    assert sends[-1] - sends[0] >= 5 * window_s
-    print(f"conflicts retried per instance: {conflicts}; busiest window held {busiest}")
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    # Each send was taken no earlier than one interval after the one before (float rounding aside).
+    assert min(gaps) >= interval - 1e-4
+    assert sends[-1] - sends[0] >= (len(sends) - 1) * interval - 1e-3
 
 
-def test_router_over_the_shared_quota_fails_over_when_another_instance_spent_it(
+def test_router_over_the_shared_pace_fails_over_when_another_instance_took_the_slot(
     azurite_connection_string: str, container_name: str
 ) -> None:
     clock = Clock()
@@ -239,10 +231,10 @@ def test_router_over_the_shared_quota_fails_over_when_another_instance_spent_it(
     backup = DeploymentConfig(
         name="backup", endpoint="https://b.example", deployment="b", priority=1, rpm=2
     )
-    elsewhere = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
-    assert [elsewhere.acquire("primary", 2, 60.0) for _ in range(2)] == [0.0, 0.0]
-    here = BlobQuota(container(azurite_connection_string, container_name), clock=clock)
+    elsewhere = pacer(azurite_connection_string, container_name, clock)
+    assert elsewhere.acquire_wait("primary", 2) == 0.0
+    here = pacer(azurite_connection_string, container_name, clock)
     router = Router([primary, backup], here, Breaker())
     choice = router.pick(0.0)
     assert isinstance(choice, Use) and choice.deployment.name == "backup"
-    assert len(here.window("backup", 2, 60.0).sent) == 1  # the send was taken in the blob
+    assert here.pace("backup", 2).tat > clock.now  # the send was taken in the blob

@@ -1,4 +1,4 @@
-"""Router: priority order, breakers, quota, failover; a fake clock and the real per-process limiter."""
+"""Router: priority order, breakers, pace, failover; a fake clock and the real per-process pacer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field, replace
 
 from shared.policy.breaker import Breaker, State
-from shared.policy.ratelimit import RateLimiter
+from shared.policy.pacer import PaceKeeper
 from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome
 from shared.settings import DeploymentConfig
 from shared.worker.router import NoneUsable, Router, Use, WaitFor
@@ -22,21 +22,19 @@ class Clock:
 
 @dataclass
 class CountingQuota:
-    """The real RateLimiter, counting the calls the router makes to it."""
+    """The real PaceKeeper, counting the calls the router makes to it."""
 
-    limiter: RateLimiter
+    keeper: PaceKeeper
     acquires: list[str] = field(default_factory=list)
-    observed: list[tuple[str, int | None, float | None]] = field(default_factory=list)
+    throttles: list[tuple[str, float | None]] = field(default_factory=list)
 
-    def acquire_wait(self, name: str, limit: int) -> float:
+    def acquire_wait(self, name: str, rpm: int) -> float:
         self.acquires.append(name)
-        return self.limiter.acquire_wait(name, limit)
+        return self.keeper.acquire_wait(name, rpm)
 
-    def observe(
-        self, name: str, limit: int, remaining: int | None, reset_s: float | None = None
-    ) -> None:
-        self.observed.append((name, remaining, reset_s))
-        self.limiter.observe(name, limit, remaining, reset_s)
+    def throttled(self, name: str, rpm: int, retry_after_s: float | None) -> None:
+        self.throttles.append((name, retry_after_s))
+        self.keeper.throttled(name, rpm, retry_after_s)
 
 
 def dep(name: str, priority: int = 0, rpm: int = 10) -> DeploymentConfig:
@@ -71,9 +69,12 @@ def record(
     )
 
 
-def make(*deployments: DeploymentConfig, **breaker: float) -> tuple[Router, CountingQuota, Clock]:
+def make(
+    *deployments: DeploymentConfig, burst: int = 1, **breaker: float
+) -> tuple[Router, CountingQuota, Clock]:
     clock = Clock()
-    quota = CountingQuota(RateLimiter(clock=clock, window_s=60.0))
+    # One send per 60 s / rpm (`burst` of them at once); no guard, so the numbers stay round.
+    quota = CountingQuota(PaceKeeper(window_s=60.0, burst=burst, guard=0.0, clock=clock))
     router = Router(deployments, quota, Breaker(**breaker))  # type: ignore[arg-type]
     return router, quota, clock
 
@@ -92,7 +93,8 @@ def test_open_breaker_is_skipped_and_gets_no_call_until_its_cooldown_ends() -> N
     router, quota, clock = make(
         dep("a", 0), dep("b", 1, rpm=100), failures_to_open=3, cooldown_s=30.0
     )
-    for _ in range(3):
+    for attempt in range(3):
+        clock.now += 6.0 if attempt else 0.0  # a's pace: one send per 60 s / 10
         choice = use(router.pick(clock.now))
         assert choice.deployment.name == "a"
         router.report("a", record("a", Outcome.SERVER_ERROR, 500), clock.now, ticket=choice.ticket)
@@ -111,6 +113,7 @@ def test_open_breaker_is_skipped_and_gets_no_call_until_its_cooldown_ends() -> N
     assert use(router.pick(clock.now)).deployment.name == "b"  # the probe is out: others go to b
     router.report("a", record("a", Outcome.SUCCEEDED), clock.now, ticket=probe.ticket)
     assert router.breaker("a").state is State.CLOSED
+    clock.now += 6.0
     assert use(router.pick(clock.now)).deployment.name == "a"
 
 
@@ -129,10 +132,10 @@ def test_failed_probe_reopens_for_another_cooldown() -> None:
 
 
 def test_quota_full_deployment_is_skipped_and_not_asked_again_until_it_frees() -> None:
-    router, quota, clock = make(dep("a", 0, rpm=2), dep("b", 1, rpm=10))
+    router, quota, clock = make(dep("a", 0, rpm=2), dep("b", 1, rpm=10), burst=2)
     assert [use(router.pick(clock.now)).deployment.name for _ in range(4)] == ["a", "a", "b", "b"]
-    assert quota.acquires == ["a", "a", "a", "b", "b"]  # a's full answer is remembered
-    clock.now += 59.9
+    assert quota.acquires == ["a", "a", "a", "b", "b"]  # a's "not yet" is remembered
+    clock.now += 29.9  # a's next slot: one interval (60 s / 2) after its burst of two
     assert use(router.pick(clock.now)).deployment.name == "b"
     clock.now += 0.1
     assert use(router.pick(clock.now)).deployment.name == "a"
@@ -197,7 +200,7 @@ def test_long_429_opens_the_breaker_and_a_short_one_only_holds_the_quota() -> No
         ticket=choice.ticket,
     )
     assert router.breaker("a").state is State.CLOSED
-    assert quota.observed[-1] == ("a", 0, 5.0)
+    assert quota.throttles[-1] == ("a", 5.0)
     assert use(router.pick(clock.now)).deployment.name == "b"
     clock.now += 5.0
     choice = use(router.pick(clock.now))
@@ -211,37 +214,26 @@ def test_long_429_opens_the_breaker_and_a_short_one_only_holds_the_quota() -> No
     assert router.breaker("a").state is State.OPEN and router.breaker("a").until == clock.now + 50.0
 
 
-def test_ratelimit_headers_reach_the_quota() -> None:
+def test_a_429_reaches_the_pace_aged_by_the_stream_that_followed_it() -> None:
     router, quota, clock = make(dep("a", rpm=10))
-    choice = use(router.pick(clock.now))
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12s"}
+    # Headers at 1 s, answer over at 3 s: 2 s of the 12 s Retry-After are already gone.
+    refused = replace(
+        record("a", Outcome.RATE_LIMITED, 429, retry_after_s=12.0), elapsed_s=3.0, headers_s=1.0
+    )
+    router.report("a", refused, clock.now, ticket=use(router.pick(clock.now)).ticket)
+    assert quota.throttles == [("a", 10.0)]
+    assert quota.keeper.acquire_wait("a", 10) == 10.0  # every sender of the pace waits it out
+
+
+def test_rate_limit_headers_of_other_answers_leave_the_pace_alone() -> None:
+    router, quota, clock = make(dep("a", rpm=10))
+    headers = {"x-ratelimit-remaining-requests": "0"}
     router.report(
-        "a", record("a", Outcome.SUCCEEDED, ratelimit=headers), clock.now, ticket=choice.ticket
-    )
-    assert quota.observed == [("a", 0, 12.0)]
-    waiting = router.pick(clock.now)
-    assert isinstance(waiting, WaitFor) and waiting.seconds == 12.0
-    clock.now += 12.0
-    assert use(router.pick(clock.now)).deployment.name == "a"
-
-
-def test_ratelimit_headers_are_aged_by_the_stream_that_followed_them() -> None:
-    router, quota, clock = make(dep("a", rpm=10))
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12s"}
-    # Headers at 1 s, stream over at 9 s: only 4 s of the 12 s reset are left.
-    long_stream = replace(
-        record("a", Outcome.SUCCEEDED, ratelimit=headers), elapsed_s=9.0, headers_s=1.0
-    )
-    router.report("a", long_stream, clock.now, ticket=use(router.pick(clock.now)).ticket)
-    assert quota.observed == [("a", 0, 4.0)]
-    waiting = router.pick(clock.now)
-    assert isinstance(waiting, WaitFor) and waiting.seconds == 4.0
-    # A stream longer than the reset: the server's window has moved on; nothing is held.
-    clock.now += 4.0
-    stale = replace(long_stream, elapsed_s=30.0)
-    router.report("a", stale, clock.now, ticket=use(router.pick(clock.now)).ticket)
-    assert len(quota.observed) == 1
-    assert isinstance(router.pick(clock.now), Use)
+        "a", record("a", Outcome.SUCCEEDED, ratelimit=headers), clock.now,
+        ticket=use(router.pick(clock.now)).ticket,
+    )  # fmt: skip
+    assert quota.throttles == []
+    assert quota.keeper.acquire_wait("a", 10) == 6.0  # paced as usual, no padding
 
 
 def test_healthier_deployment_first_within_a_priority() -> None:

@@ -49,9 +49,8 @@ class Config:
     fault_rate: float = 0.25
     seed: int | None = None
     payload_scale: float = 1.0
-    # What the product's tests and demo get. `RateModel.PERIODS` is Azure's way: the default once
-    # the product paces its calls (until then its bursts would meet 429s).
-    rate_model: RateModel = RateModel.SLIDING
+    # Azure's way, and so what the product's tests and demo get; `sliding` is the older model.
+    rate_model: RateModel = RateModel.PERIODS
     rate_period_s: float = 10.0
     rate_rounding: Rounding = Rounding.CEIL
     rate_admit_fraction: float = 1.0

@@ -26,6 +26,9 @@ class RequestRecord:
     outcome: str = "pending"
     scripted: dict[str, Any] | None = None  # the script entry or random fault applied
     partials_sent: int = 0
+    ended: str | None = (
+        None  # ISO 8601 UTC, when the answer was complete (or cut); None while pending
+    )
 
     def public(self) -> dict[str, Any]:
         shown = asdict(self)

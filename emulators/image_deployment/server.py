@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -101,7 +102,11 @@ class Handler(BaseHTTPRequestHandler):
 
         def record(sender: Sender, outcome: str) -> None:
             state.log.update(
-                routed.log_key, status=sender.status, outcome=outcome, partials_sent=sender.partials
+                routed.log_key,
+                status=sender.status,
+                outcome=outcome,
+                partials_sent=sender.partials,
+                ended=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             )
 
         sender = Sender(self.wfile, self.connection, self._start, record)

@@ -1,4 +1,4 @@
-"""What an Azure OpenAI response's headers say about waiting: Retry-After and rate-limit resets.
+"""What an Azure OpenAI response's headers say about waiting: Retry-After.
 
 Parsing only; what to do with the numbers is the policy's business.
 """
@@ -6,14 +6,11 @@ Parsing only; what to do with the numbers is the policy's business.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-__all__ = ["parse_reset_duration", "parse_retry_after"]
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+__all__ = ["parse_retry_after"]
 
 
 def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
@@ -53,31 +50,3 @@ def _number(raw: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def parse_reset_duration(raw: str | None) -> float | None:
-    """Seconds from an `x-ratelimit-reset-requests` value: `"6s"`, `"1m30s"`, `"250ms"` or `"12.5"`.
-
-    OpenAI writes Go-style durations there; plain numbers are taken as seconds. None when absent or
-    unparseable.
-    """
-    if raw is None:
-        return None
-    text = raw.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        return value if value >= 0 and value != float("inf") else None
-    total = 0.0
-    position = 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        number, unit = float(match.group(1)), match.group(2)
-        total += number * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[unit]
-        position = match.end()
-    return total if position == len(text) and position > 0 else None

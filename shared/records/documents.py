@@ -77,6 +77,7 @@ def _calls(attempts: Calls) -> dict[str, Any]:
     if not isinstance(attempts, CallHistory):
         for record in attempts:
             history.add(record, billed=lambda _: True)
+        history.calls = max(history.calls, len(history.attempts))
     return history.to_json()
 
 

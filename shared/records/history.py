@@ -50,12 +50,25 @@ class CallHistory:
         total = calls if isinstance(calls, int) and calls >= numbered else numbered
         return cls(attempts, counts, max(total, sum(counts.values())))
 
+    def reserve_number(self) -> int:
+        """The next call's number, taken before the call: calls made at once never share one.
+
+        A number whose call left no record (it raised before sending) stays unused: numbers may
+        have gaps, never repeats.
+        """
+        self.calls += 1
+        return self.calls
+
     def add(self, record: AttemptRecord, billed: Callable[[AttemptRecord], bool]) -> None:
-        self.attempts.append(record)
+        """Record a finished call, in number order (calls made at once finish in any order)."""
+        position = len(self.attempts)
+        while position and self.attempts[position - 1].attempt > record.attempt:
+            position -= 1
+        self.attempts.insert(position, record)
         self.outcome_counts[record.outcome.value] = (
             self.outcome_counts.get(record.outcome.value, 0) + 1
         )
-        self.calls = max(self.calls + 1, record.attempt)
+        self.calls = max(self.calls, record.attempt)
         free = [a for a in self.attempts if not billed(a)]
         if len(free) > KEEP_FREE_ATTEMPTS:
             dropped = {id(a) for a in free[: len(free) - KEEP_FREE_ATTEMPTS]}

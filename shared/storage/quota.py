@@ -1,17 +1,17 @@
-"""A deployment's request budget shared by every instance of the Function App (issue 5).
+"""A deployment's pace shared by every instance of the Function App (docs/design.md §9).
 
 The Function App scales out, and every instance draws on the same quota (10 requests a minute for
-gpt-image). A per-process limiter cannot see the others, so the window of recent sends lives in one
-blob per deployment: `<container>/<deployment name>.json`, the serialised `SlidingWindow` of
-`shared.policy.ratelimit` with wall-clock send times (epoch seconds, so every instance reads them alike;
-Azure hosts keep NTP time, well within what a minute-long window cares about).
+gpt-image). A per-process pacer cannot see the others, so the pace lives in one blob per deployment:
+`<container>/<deployment name>.json`, the serialised `Pace` of `shared.policy.pacer` with wall-clock
+times (epoch seconds, so every instance reads them alike; Azure hosts keep NTP time, well within
+what a seconds-long interval cares about). A 429 seen by one instance pauses and slows all of them.
 
-Taking a send is read, decide (pure `SlidingWindow.admit`), conditional write: `If-Match` the ETag
+Taking a send is read, decide (pure `Pace.admit`), conditional write: `If-Match` the ETag
 read, or `If-None-Match: *` to create the blob. A 412 (or 409 on create) means another instance
 wrote in between; read again after a short jittered pause. Nothing is held between calls (no
-lease), so an instance that dies leaves nothing to clean up: its sends age out of the window like
-anyone's. Round trips: one read and one write when a send is taken, one read when the window is
-full, more only under contention.
+lease), so an instance that dies leaves nothing to clean up. Round trips: one read and one write
+when a send is taken, none when this process already knows the next slot is later, more only
+under contention.
 
 Threads of one process take a per-deployment lock around the exchange, so they queue here instead
 of colliding on the ETag; only other instances cause conflicts.
@@ -25,7 +25,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from azure.core import MatchConditions
@@ -36,59 +35,59 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from shared.policy.ratelimit import SlidingWindow
+from shared.policy.pacer import Pace, PacePolicy
 
 __all__ = [
     "DEFAULT_QUOTA_CONTAINER",
-    "BlobQuota",
+    "BlobPacer",
     "QuotaContention",
-    "decode_window",
-    "encode_window",
+    "decode_pace",
+    "encode_pace",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUOTA_CONTAINER = "imagegen-quota"
-SCHEMA = "imagegen.quota/1"
+SCHEMA = "imagegen.pace/1"
 
 
 class QuotaContention(RuntimeError):
-    """Too many instances wrote the quota blob at once; the caller should fail or retry later."""
+    """Too many instances wrote the pace blob at once; the caller should fail or retry later."""
 
 
-def encode_window(window: SlidingWindow) -> bytes:
+def encode_pace(pace: Pace) -> bytes:
     return json.dumps(
         {
             "schema": SCHEMA,
-            "limit": window.limit,
-            "window_s": window.window_s,
-            "sent": [round(t, 6) for t in window.sent],
+            "interval_s": round(pace.interval_s, 6),
+            "tat": round(pace.tat, 6),
+            "paused_until": round(pace.paused_until, 6),
         },
         separators=(",", ":"),
     ).encode()
 
 
-def decode_window(data: bytes, limit: int, window_s: float) -> SlidingWindow:
-    """The stored sends under the caller's `limit` and `window_s` (the settings are the authority).
+def decode_pace(data: bytes, policy: PacePolicy) -> Pace:
+    """The stored pace under the caller's policy (the settings are the authority).
 
-    A blob that is not a window (someone wrote over it) reads as empty rather than blocking the
-    deployment for good; the next write replaces it.
+    A blob that is not a pace (someone wrote over it, or the sliding window of an older version)
+    reads as a fresh start rather than blocking the deployment for good; the next write replaces it.
     """
     try:
         doc: Any = json.loads(data)
-        sent = tuple(sorted(float(t) for t in doc["sent"]))
+        pace = Pace(float(doc["interval_s"]), float(doc["tat"]), float(doc["paused_until"]))
     except (ValueError, TypeError, KeyError):
-        log.warning("quota blob is not a window; starting it afresh")
-        sent = ()
-    return SlidingWindow(limit=limit, window_s=window_s, sent=sent)
+        log.warning("quota blob is not a pace; starting it afresh")
+        return Pace.start(policy)
+    return pace.fitted(policy)
 
 
-class BlobQuota:
-    """Sliding windows in blobs, one per deployment. Thread-safe; clock, sleep and RNG injectable.
+class BlobPacer:
+    """Paces in blobs, one per deployment. Thread-safe; clock, sleep and RNG injectable.
 
-    `acquire(name, limit, window_s)` returns 0.0 when the send is recorded, else the seconds to
-    wait. `acquire_wait` and `observe` match `shared.policy.ratelimit.RateLimiter`, so the router takes
-    either.
+    `acquire_wait(name, rpm)` returns 0.0 when the send is taken, else the seconds to wait;
+    `throttled(name, rpm, retry_after_s)` records a 429. Same surface as
+    `shared.policy.pacer.PaceKeeper`, so the router takes either.
     """
 
     def __init__(
@@ -96,6 +95,7 @@ class BlobQuota:
         container: ContainerClient,
         *,
         window_s: float = 60.0,
+        burst: int = 1,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -104,6 +104,7 @@ class BlobQuota:
     ) -> None:
         self._container = container
         self._window_s = window_s
+        self._burst = burst
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -111,10 +112,10 @@ class BlobQuota:
         self._conflict_pause_s = conflict_pause_s
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        # The last window this process read or wrote per deployment: a lower bound on the truth
-        # (sends are only ever added, and they age out by time alone), which lets `observe` skip
-        # storage when the server's count agrees with it.
-        self._seen: dict[str, SlidingWindow] = {}
+        # The last pace this process read or wrote per deployment: its next slot is a lower bound
+        # on the stored one (slots only move later, but for the one a 429 gives back), which lets
+        # `acquire_wait` skip storage while it lies ahead.
+        self._seen: dict[str, Pace] = {}
         self._container_ready = False
         self.conflicts = 0  # for tests and logs: how many writes lost a race
 
@@ -124,69 +125,40 @@ class BlobQuota:
         service: BlobServiceClient,
         container_name: str = DEFAULT_QUOTA_CONTAINER,
         **kwargs: Any,
-    ) -> BlobQuota:
+    ) -> BlobPacer:
         return cls(service.get_container_client(container_name), **kwargs)
 
-    def acquire(self, name: str, limit: int, window_s: float | None = None) -> float:
-        """Record a send for `name` if its window has room: 0.0, else the seconds until it has."""
-        window_s = self._window_s if window_s is None else window_s
-        known_wait = self._known_full(name, limit, window_s)
-        if known_wait > 0:
-            return known_wait
+    def policy(self, rpm: int) -> PacePolicy:
+        return PacePolicy(rpm=rpm, window_s=self._window_s, burst=self._burst)
 
-        def admit(window: SlidingWindow, now: float) -> tuple[SlidingWindow | None, float]:
-            after, admission = window.admit(now)
-            return (after, 0.0) if admission.allowed else (None, admission.wait_s)
-
-        return self._update(name, limit, window_s, admit)
-
-    def _known_full(self, name: str, limit: int, window_s: float) -> float:
-        """The wait, without a round trip, when the window this process last saw is still full.
-
-        What we saw only undercounts the truth (sends are only added; they age out by time), so
-        a full one means the stored one is full too, for at least as long.
-        """
-        seen = self._seen.get(name)
-        if seen is None:
-            return 0.0
-        _, admission = replace(seen, limit=limit, window_s=window_s).admit(self._clock())
-        return 0.0 if admission.allowed else admission.wait_s
-
-    def acquire_wait(self, name: str, limit: int) -> float:
-        return self.acquire(name, limit)
-
-    def observe(
-        self,
-        name: str,
-        limit: int,
-        remaining: int | None,
-        reset_s: float | None = None,
-        window_s: float | None = None,
-    ) -> None:
-        """Pad the shared window when the server says fewer requests remain than it holds."""
-        if remaining is None:
-            return
-        window_s = self._window_s if window_s is None else window_s
+    def acquire_wait(self, name: str, rpm: int) -> float:
+        """Take a send for `name` if its pace allows one now: 0.0, else the seconds until it does."""
+        policy = self.policy(rpm)
         seen = self._seen.get(name)
         if seen is not None:
-            now = self._clock()
-            seen = replace(seen, limit=limit, window_s=window_s).pruned(now)
-            if seen.observe_headers(now, remaining, reset_s).sent == seen.sent:
-                # What we last saw already holds at least this many sends, and the truth holds
-                # more: nothing to pad, no round trip.
-                return
+            known = seen.fitted(policy).wait_s(self._clock(), policy)
+            if known > 0:
+                return known
 
-        def pad(window: SlidingWindow, now: float) -> tuple[SlidingWindow | None, float]:
-            after = window.observe_headers(now, remaining, reset_s)
-            return (None if after.sent == window.pruned(now).sent else after), 0.0
+        def admit(pace: Pace, now: float) -> tuple[Pace | None, float]:
+            after, wait = pace.admit(now, policy)
+            return (after, 0.0) if wait == 0 else (None, wait)
 
-        self._update(name, limit, window_s, pad)
+        return self._update(name, policy, admit)
 
-    def window(self, name: str, limit: int, window_s: float | None = None) -> SlidingWindow:
-        """The stored window, pruned at the current time (one read; for reports and tests)."""
-        window_s = self._window_s if window_s is None else window_s
-        window, _ = self._read(name, limit, window_s)
-        return window.pruned(self._clock())
+    def throttled(self, name: str, rpm: int, retry_after_s: float | None) -> None:
+        """A 429 from `name`: every instance slows down and waits out its Retry-After."""
+        policy = self.policy(rpm)
+
+        def slow(pace: Pace, now: float) -> tuple[Pace | None, float]:
+            return pace.throttled(now, retry_after_s, policy), 0.0
+
+        self._update(name, policy, slow)
+
+    def pace(self, name: str, rpm: int) -> Pace:
+        """The stored pace (one read; for reports and tests)."""
+        pace, _ = self._read(name, self.policy(rpm))
+        return pace
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -197,20 +169,18 @@ class BlobQuota:
     def _update(
         self,
         name: str,
-        limit: int,
-        window_s: float,
-        change: Callable[[SlidingWindow, float], tuple[SlidingWindow | None, float]],
+        policy: PacePolicy,
+        change: Callable[[Pace, float], tuple[Pace | None, float]],
     ) -> float:
         """Read, apply `change` (None: nothing to write), write conditionally; retry on conflict."""
         with self._lock(name):
             for conflict in range(self._max_conflicts + 1):
-                window, etag = self._read(name, limit, window_s)
+                pace, etag = self._read(name, policy)
                 now = self._clock()
-                after, result = change(window, now)
+                after, result = change(pace, now)
                 if after is None:
-                    self._seen[name] = window
+                    self._seen[name] = pace
                     return result
-                after = after.pruned(now)
                 if self._write(name, after, etag):
                     self._seen[name] = after
                     return result
@@ -219,21 +189,21 @@ class BlobQuota:
                 cap = self._conflict_pause_s * 2.0 ** min(conflict, 5)
                 self._sleep(self._rng.uniform(0.0, cap))
         raise QuotaContention(
-            f"quota blob for {name!r} changed under us {self._max_conflicts + 1} times in a row"
+            f"pace blob for {name!r} changed under us {self._max_conflicts + 1} times in a row"
         )
 
-    def _read(self, name: str, limit: int, window_s: float) -> tuple[SlidingWindow, str | None]:
+    def _read(self, name: str, policy: PacePolicy) -> tuple[Pace, str | None]:
         try:
             downloader = self._container.get_blob_client(_blob_name(name)).download_blob()
             data = downloader.readall()
         except ResourceNotFoundError:
-            return SlidingWindow(limit=limit, window_s=window_s), None
-        return decode_window(data, limit, window_s), downloader.properties.etag
+            return Pace.start(policy), None
+        return decode_pace(data, policy), downloader.properties.etag
 
-    def _write(self, name: str, window: SlidingWindow, etag: str | None) -> bool:
+    def _write(self, name: str, pace: Pace, etag: str | None) -> bool:
         """True when written; False when another writer got there first."""
         blob = self._container.get_blob_client(_blob_name(name))
-        data = encode_window(window)
+        data = encode_pace(pace)
         settings = ContentSettings(content_type="application/json")
         try:
             if etag is None:

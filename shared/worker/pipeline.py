@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -124,6 +126,7 @@ def _valid_own_id(body: bytes | str) -> str | None:
 
 
 _Inputs = tuple[tuple[InputFile, ...], InputFile | None]  # edit: the images and the mask
+_Ending = Requeue | GiveUp | FailInvocation  # the planner's steps that end a delivery
 
 
 @dataclass
@@ -140,6 +143,10 @@ class _Job:
     started: float = 0.0  # monotonic start of this delivery, for the invocation's time budget
     delivery_started: float = 0.0  # the same moment on the wall clock (epoch seconds, ms floor)
     delivery_calls: int = 0
+    # The n images run on threads of their own: their shared state changes under this lock, and
+    # the first image to end the delivery (give up, re-enqueue, fail) stops the others' next step.
+    _mutex: threading.RLock = field(default_factory=threading.RLock)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def id(self) -> str:
@@ -252,13 +259,38 @@ class _Job:
             if existing is not None:
                 self.images[index] = existing
         self._write_status(Status.RUNNING)
-        for index in range(request.n):
-            if index in self.images:
-                continue
-            result = self._generate(index, inputs)
-            if result is not None:
-                return result
+        missing = [index for index in range(request.n) if index not in self.images]
+        endings = self._generate_all(missing, inputs)
+        if endings:
+            return self._end(endings)
         return self._succeed()
+
+    def _generate_all(self, missing: list[int], inputs: _Inputs) -> list[_Ending]:
+        """Every missing image at once, each paced like any other call; what ended the delivery.
+
+        One slow or failing image does not hold the others' blobs back: each is written when done.
+        The invocation's thread waits; the streams count against the process's stream slots.
+        """
+        if len(missing) <= 1:
+            return [e for e in (self._generate(i, inputs) for i in missing) if e is not None]
+        with ThreadPoolExecutor(len(missing), thread_name_prefix=f"image-{self.id}") as pool:
+            futures = [pool.submit(self._generate, index, inputs) for index in missing]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]  # LockLost, or a storage error: redeliver
+        return [e for e in (f.result() for f in futures) if e is not None]
+
+    def _end(self, endings: list[_Ending]) -> Result:
+        """How the delivery ends when an image did not finish: the gravest ending wins."""
+        for ending in endings:
+            if isinstance(ending, FailInvocation):
+                self._write_status(Status.RETRYING, detail=ending.message)
+                raise InvocationFailed(f"request {self.id}: {ending.message}")
+        for ending in endings:
+            if isinstance(ending, GiveUp):
+                return self._fail(Status.FAILED, ending.kind, ending.message)
+        soonest = min((e for e in endings if isinstance(e, Requeue)), key=lambda e: e.seconds)
+        return self._continue_later(soonest.seconds, soonest.reason)
 
     def _load_inputs(self) -> _Inputs:
         if self.request.operation != "edit":
@@ -276,31 +308,39 @@ class _Job:
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else "png"
         return InputFile(name, data, INPUT_CONTENT_TYPES.get(ext, "application/octet-stream"))
 
-    def _generate(self, index: int, inputs: _Inputs) -> Result | None:
-        """Carry out the planner's steps for image `index` until it is stored or the delivery ends."""
-        while True:
-            self._check_lock()  # A call made without the lease may be made again by its new holder.
-            match self.rt.planner.next_step(self._situation(index)):
-                case Done():
-                    return None
-                case Send() as send:
-                    self._send(index, send, inputs)
-                case Wait(seconds=seconds, reason=reason):
-                    if seconds >= SHOWN_WAIT_S:
-                        self._write_status(Status.RETRYING, detail=reason)
-                    self.rt.sleep(max(seconds, MIN_PICK_PAUSE_S))
-                case Requeue(seconds=seconds, reason=reason):
-                    return self._continue_later(seconds, reason)
-                case GiveUp(kind=kind, message=message):
-                    return self._fail(Status.FAILED, kind, message)
-                case FailInvocation(message=message):
-                    self._write_status(Status.RETRYING, detail=message)
-                    raise InvocationFailed(f"request {self.id}: {message}")
+    def _generate(self, index: int, inputs: _Inputs) -> _Ending | None:
+        """Carry out the planner's steps for image `index` until it is stored or the delivery ends.
+
+        Returns the step that ends the delivery (carried out by `_end` once every image stopped, so
+        nothing is written after a terminal record), or None: stored, or stopped by another image.
+        """
+        try:
+            while not self._stop.is_set():
+                self._check_lock()  # A call made without the lease may be made again elsewhere.
+                match self.rt.planner.next_step(self._situation(index)):
+                    case Done():
+                        return None
+                    case Send() as send:
+                        self._send(index, send, inputs)
+                    case Wait(seconds=seconds, reason=reason):
+                        if seconds >= SHOWN_WAIT_S:
+                            self._write_status(Status.RETRYING, detail=reason)
+                        # A sleep that ends early when another image ends the delivery.
+                        self._stop.wait(max(seconds, MIN_PICK_PAUSE_S))
+                    case Requeue() | GiveUp() | FailInvocation() as ending:
+                        self._stop.set()
+                        return ending
+            return None
+        except BaseException:
+            self._stop.set()
+            raise
 
     def _situation(self, index: int) -> Situation:
         monotonic = self.rt.monotonic()
+        with self._mutex:
+            history = self.history.for_image(index)
         return Situation(
-            history=self.history.for_image(index),
+            history=history,
             deployments=self.rt.router.view(monotonic),
             now=self.rt.now().timestamp(),
             deadline=epoch_s(self.first_delivery_at) + self.rt.settings.request_deadline_s,
@@ -319,37 +359,42 @@ class _Job:
 
     def _send(self, index: int, send: Send, inputs: _Inputs) -> None:
         """One call as the planner named it; its record reaches the router whatever happens."""
-        claim = self.rt.router.claim(send.deployment, self.rt.monotonic())
-        if not isinstance(claim, Use):
-            # Another thread or instance took the slot first; the router's view now says how long.
-            self.rt.sleep(MIN_PICK_PAUSE_S)
-            return
-        result: AttemptResult | None = None
-        try:
-            result = self.rt.api.attempt(
-                claim.deployment,
-                self._call(send.partial_images, inputs),
-                attempt_no=self.history.calls + 1,
-                image_index=index,
-                on_partial=self._partial_writer(index),
-            )
-        finally:
-            if result is None:
-                self.rt.router.release(claim)  # it raised before a record existed
-            else:
-                self.rt.router.report(
-                    claim.deployment.name, result.record, self.rt.monotonic(), ticket=claim.ticket
+        with self.rt.streams:  # the process's stream slots: memory per stream decides the instance
+            claim = self.rt.router.claim(send.deployment, self.rt.monotonic())
+            if not isinstance(claim, Use):
+                # Another thread or instance took the slot first; the router's view now says when.
+                self._stop.wait(MIN_PICK_PAUSE_S)
+                return
+            with self._mutex:
+                number = self.history.reserve_number()
+            result: AttemptResult | None = None
+            try:
+                result = self.rt.api.attempt(
+                    claim.deployment,
+                    self._call(send.partial_images, inputs),
+                    attempt_no=number,
+                    image_index=index,
+                    on_partial=self._partial_writer(index),
                 )
+            finally:
+                if result is None:
+                    self.rt.router.release(claim)  # it raised before a record existed
+                else:
+                    self.rt.router.report(
+                        claim.deployment.name, result.record, self.rt.monotonic(),
+                        ticket=claim.ticket,
+                    )  # fmt: skip
         record = result.record
-        self.delivery_calls += 1
-        self.history.add(record, billed=lambda r: judge(r).billed)
         _log_attempt(self.id, record)
-        self._check_lock()
-        # The history first, then the image: a manifest must never list an image without the
-        # call that made it. A crash in between costs a call (the image is made again), not truth.
-        self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
+        with self._mutex:
+            self.delivery_calls += 1
+            self.history.add(record, billed=lambda r: judge(r).billed)
+            self._check_lock()
+            # The history first, then the image: a manifest must never list an image without the
+            # call that made it. A crash in between costs a call (made again), not truth.
+            self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
         if result.image is not None:
-            self.images[index] = self.rt.store.write_image(
+            info = self.rt.store.write_image(
                 self.id,
                 index,
                 result.image,
@@ -357,6 +402,8 @@ class _Job:
                 request_id=self.id,
                 usage=result.usage,
             )
+            with self._mutex:
+                self.images[index] = info
 
     def _call(self, partial_images: int, inputs: _Inputs) -> ImageCall:
         return ImageCall(
@@ -385,6 +432,9 @@ class _Job:
 
     def _succeed(self) -> Result:
         self._check_lock()
+        missing = sorted(set(range(self.request.n)) - set(self.images))
+        if missing:  # a bug, not a state: fail loudly rather than write a manifest that lies
+            raise RuntimeError(f"request {self.id}: images {missing} are not stored")
         now = iso_utc(self.rt.now())
         doc = manifest_doc(
             self.id,
@@ -429,6 +479,10 @@ class _Job:
         return Result.REJECTED if status is Status.REJECTED else Result.FAILED
 
     def _write_status(self, status: Status, detail: str | None = None) -> None:
+        with self._mutex:  # the images' threads write it in turn, never a half-updated history
+            self._write_status_locked(status, detail)
+
+    def _write_status_locked(self, status: Status, detail: str | None) -> None:
         doc = status_doc(
             self.id,
             status,

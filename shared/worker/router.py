@@ -26,7 +26,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from shared.azure_openai.headers import parse_reset_duration
 from shared.policy.breaker import Breaker, State, Ticket
 from shared.policy.outcomes import MAX_RETRY_AFTER_S, describe, judge
 from shared.policy.planner import DeploymentView
@@ -41,16 +40,14 @@ log = logging.getLogger(__name__)
 
 
 class QuotaGate(Protocol):
-    """A request budget per deployment: `shared.policy.ratelimit.RateLimiter`, `shared.storage.quota.BlobQuota`."""
+    """A pace per deployment: `shared.policy.pacer.PaceKeeper`, `shared.storage.quota.BlobPacer`."""
 
-    def acquire_wait(self, name: str, limit: int) -> float:
-        """0.0 when a send is allowed now (and recorded); otherwise seconds to wait first."""
+    def acquire_wait(self, name: str, rpm: int) -> float:
+        """0.0 when a send may go now (and is taken); otherwise seconds to wait first."""
         ...
 
-    def observe(
-        self, name: str, limit: int, remaining: int | None, reset_s: float | None = None
-    ) -> None:
-        """The server's view of the budget: rate-limit headers, or `remaining=0` after a 429."""
+    def throttled(self, name: str, rpm: int, retry_after_s: float | None) -> None:
+        """A 429: slow the deployment's pace and pause it until the Retry-After, for everyone."""
         ...
 
 
@@ -267,30 +264,17 @@ class Router:
     def _observe_quota(
         self, deployment: DeploymentConfig, record: AttemptRecord, now: float
     ) -> None:
-        """Tell the quota what the deployment said, so every thread (and instance) holds back.
+        """A 429 slows and pauses the deployment's pace for every thread and instance.
 
-        The headers describe the moment the answer began; by the end of a long stream their reset
-        time is partly or wholly past, so it is aged first, and a fully stale one is ignored.
+        Retry-After counts from when the answer began; it is aged by what the call took since.
+        Other answers' rate-limit headers are not used: Azure's remaining count is per short period
+        and comes without a reset time, so the pace, fed by the 429s, is the better authority.
         """
-        age = record.headers_age_s
-        if record.outcome is Outcome.RATE_LIMITED:
-            trusted = _trusted_retry_after(record)
-            retry_after = None if trusted is None else trusted - age
-            if retry_after is None or retry_after > 0:
-                self._quota.observe(deployment.name, deployment.rpm, 0, retry_after)
+        if record.outcome is not Outcome.RATE_LIMITED and record.http_status != 429:
             return
-        remaining = record.ratelimit.get("x-ratelimit-remaining-requests")
-        if remaining is None or not remaining.strip().isdigit():
-            return
-        reset_s = parse_reset_duration(record.ratelimit.get("x-ratelimit-reset-requests"))
-        if reset_s is not None:
-            reset_s -= age
-            if reset_s <= 0:
-                return  # The server's window has moved on since it said this.
-        self._quota.observe(deployment.name, deployment.rpm, int(remaining), reset_s)
-        if int(remaining) == 0 and reset_s is not None:
-            with self._lock:
-                self._hold_quota(deployment.name, now + reset_s)
+        trusted = _trusted_retry_after(record)
+        retry_after = None if trusted is None else max(0.0, trusted - record.headers_age_s)
+        self._quota.throttled(deployment.name, deployment.rpm, retry_after)
 
 
 def _trusted_retry_after(record: AttemptRecord) -> float | None:

@@ -16,27 +16,22 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from shared.azure_openai.image_api import ImageApi
+from shared.policy.pacer import PaceKeeper
 from shared.policy.planner import Planner
-from shared.policy.ratelimit import RateLimiter
 from shared.records.attempts import utc_now
 from shared.settings import Settings
 from shared.storage.clients import blob_service, queue_service
-from shared.storage.quota import BlobQuota
+from shared.storage.quota import BlobPacer
 from shared.storage.store import RequestStore
 from shared.worker.router import QuotaGate, Router
 
-# Our window opens a send slot when our own record of a send expires; the deployment's window
-# counts from when the send arrived, a little later and by a varying amount. Waiting 2 % longer
-# than the window keeps that jitter from turning into 429s at every window edge.
-QUOTA_GUARD = 0.02
-
 
 def quota_gate(settings: Settings, blobs: BlobServiceClient) -> QuotaGate:
-    """The request budget: in Storage when instances share the quota, else in this process."""
-    window_s = settings.rate_window_s * (1 + QUOTA_GUARD)
+    """Each deployment's pace: in Storage when instances share the quota, else in this process."""
+    window_s, burst = settings.rate_window_s, settings.rate_burst
     if settings.quota_scope == "process":
-        return RateLimiter(clock=time.monotonic, window_s=window_s)
-    return BlobQuota.for_service(blobs, settings.quota_container, window_s=window_s)
+        return PaceKeeper(window_s=window_s, burst=burst)
+    return BlobPacer.for_service(blobs, settings.quota_container, window_s=window_s, burst=burst)
 
 
 @dataclass
@@ -52,6 +47,10 @@ class Runtime:
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = utc_now
+    # Calls in flight in this process, across every invocation's images (IMAGE_MAX_STREAMS).
+    streams: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(32)
+    )
     _ready: bool = False
     _ready_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,6 +69,7 @@ class Runtime:
             ),
             router=Router.from_settings(settings, quota_gate(settings, blobs)),
             planner=Planner.from_settings(settings),
+            streams=threading.BoundedSemaphore(settings.max_streams),
         )
 
     def ensure_ready(self) -> None:
