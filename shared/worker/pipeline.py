@@ -87,11 +87,19 @@ def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
     rt.ensure_ready()
     try:
         request = parse_message(
-            body, message_id=message_id, input_containers=rt.settings.input_containers
+            body,
+            message_id=message_id,
+            input_containers=rt.settings.input_containers,
+            models=deployment_models(rt),
         )
     except InvalidMessage as exc:
         return _reject_invalid(body, message_id, exc, rt)
     return _Job(request, message_id, rt).run()
+
+
+def deployment_models(rt: Runtime) -> tuple[str, ...]:
+    """Every configured deployment's model: with failover the request may be sent to any of them."""
+    return tuple(dict.fromkeys(d.model for d in rt.settings.deployments))
 
 
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:
@@ -459,7 +467,12 @@ def _log_attempt(request_id: str, record: AttemptRecord) -> None:
 
 
 def _api_fields(request: GenerationRequest) -> dict[str, Any]:
-    """The request's fields as the image API names them (no `n`: streaming makes one per call)."""
+    """The request's fields as the image API names them (no `n`: streaming makes one per call).
+
+    Each endpoint gets only its own fields: `moderation` is a field of generations, `input_fidelity`
+    of edits. The contract refuses an edit whose moderation is not 'auto' (the service's default
+    without the field), so leaving it out of an edit changes nothing.
+    """
     fields: dict[str, Any] = {
         "prompt": request.prompt,
         "size": request.size,
@@ -467,10 +480,10 @@ def _api_fields(request: GenerationRequest) -> dict[str, Any]:
         "output_format": request.output_format,
         "output_compression": request.output_compression,
         "background": request.background,
-        "moderation": request.moderation,
         "user": request.user,
     }
     if request.operation == "edit":
         fields["input_fidelity"] = request.input_fidelity
-        fields.pop("moderation")
+    else:
+        fields["moderation"] = request.moderation
     return fields
