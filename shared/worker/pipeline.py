@@ -300,10 +300,17 @@ class _Job:
                 case Requeue(seconds=seconds, reason=reason):
                     return self._continue_later(seconds, reason)
                 case GiveUp(kind=kind, message=message):
-                    return self._fail(Status.FAILED, kind, message)
+                    verdict = self._verdict(index) if kind is ErrorKind.CONTENT_FILTER else None
+                    return self._fail(Status.FAILED, kind, message, content_filter=verdict)
                 case FailInvocation(message=message):
                     self._write_status(Status.RETRYING, detail=message)
                     raise InvocationFailed(f"request {self.id}: {message}")
+
+    def _verdict(self, index: int) -> dict[str, Any] | None:
+        """The safety system's verdict on the image's last attempt, for error.json."""
+        attempts = self.history.for_image(index)
+        error = attempts[-1].error if attempts else None
+        return error.content_filter if error is not None else None
 
     def _situation(self, index: int) -> Situation:
         monotonic = self.rt.monotonic()
@@ -414,7 +421,13 @@ class _Job:
         )
         return Result.SUCCEEDED
 
-    def _fail(self, status: Status, kind: ErrorKind, message: str) -> Result:
+    def _fail(
+        self,
+        status: Status,
+        kind: ErrorKind,
+        message: str,
+        content_filter: dict[str, Any] | None = None,
+    ) -> Result:
         now = iso_utc(self.rt.now())
         doc = error_doc(
             self.id,
@@ -430,6 +443,7 @@ class _Job:
             metadata=dict(self.request.metadata),
             input_text=excerpt(self.request.to_message()) if status is Status.REJECTED else None,
             queue_message_id=self.message_id,
+            content_filter=content_filter,
         )
         self.rt.store.create_record(self.id, "error.json", doc)
         self._write_status(status, detail=message)
