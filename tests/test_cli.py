@@ -229,9 +229,9 @@ def test_submit_sends_every_field_and_writes_queued(stage: Stage) -> None:
     run = stage.cli(
         "submit", "--prompt", "a red apple", "--id", "job-1", "--operation", "edit",
         "--size", "1024x1536", "--quality", "high", "-n", "2", "--output-format", "jpeg",
-        "--output-compression", "80", "--background", "opaque", "--moderation", "low",
+        "--output-compression", "80", "--background", "opaque", "--moderation", "auto",
         "--partial-images", "2", "--save-partials", "--input-image", "inputs/a.png",
-        "--input-image", "inputs/b.png", "--mask", "inputs/m.png", "--input-fidelity", "high",
+        "--input-image", "inputs/b.png", "--mask", "inputs/m.png",
         "--user", "u-7", "--metadata", "team=art", "--metadata", "ticket=a=b",
     )  # fmt: skip
     assert (run.code, run.out) == (0, "job-1\n"), run.err
@@ -239,12 +239,23 @@ def test_submit_sends_every_field_and_writes_queued(stage: Stage) -> None:
     assert json.loads(text) == {
         "id": "job-1", "operation": "edit", "prompt": "a red apple", "size": "1024x1536",
         "quality": "high", "n": 2, "output_format": "jpeg", "output_compression": 80,
-        "background": "opaque", "moderation": "low", "partial_images": 2, "save_partials": True,
+        "background": "opaque", "moderation": "auto", "partial_images": 2, "save_partials": True,
         "input_images": ["inputs/a.png", "inputs/b.png"], "mask": "inputs/m.png",
-        "input_fidelity": "high", "user": "u-7", "metadata": {"team": "art", "ticket": "a=b"},
+        "user": "u-7", "metadata": {"team": "art", "ticket": "a=b"},
     }  # fmt: skip
     status = stage.get("job-1", "status.json")
     assert status is not None and status["status"] == "queued"
+    # moderation low is for generations; input_fidelity reaches the contract, which validates with
+    # gpt-image-2 (the client's default model) and so refuses it.
+    run = stage.cli("submit", "--prompt", "x", "--id", "job-2", "--moderation", "low")
+    assert (run.code, run.out) == (0, "job-2\n"), run.err
+    assert json.loads(stage.messages()[-1])["moderation"] == "low"
+    run = stage.cli(
+        "submit", "--prompt", "x", "--operation", "edit", "--input-image", "inputs/a.png",
+        "--input-fidelity", "high",
+    )  # fmt: skip
+    assert run.code == 2
+    assert "input_fidelity: gpt-image-2 takes no input_fidelity" in run.err
 
 
 def test_submit_without_an_id_gets_one(stage: Stage) -> None:

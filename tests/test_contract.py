@@ -44,6 +44,11 @@ def ok(**fields: Any) -> GenerationRequest:
     return validate_request({"prompt": "a red fox", **fields})
 
 
+def ok_on(model: str, **fields: Any) -> GenerationRequest:
+    """Valid for a deployment of `model` (for the rules gpt-image-2, the default, refuses)."""
+    return validate_request({"prompt": "a red fox", **fields}, models=(model,))
+
+
 def errors(data: dict[str, Any], **kwargs: Any) -> tuple[str, ...]:
     with pytest.raises(InvalidMessage) as info:
         validate_request(data, **kwargs)
@@ -240,7 +245,8 @@ def test_input_fidelity_enum() -> None:
     assert error(**EDIT, input_fidelity="medium") == (
         "input_fidelity: expected one of 'low', 'high', got string 'medium'"
     )
-    assert ok(**EDIT, input_fidelity="high").input_fidelity == "high"
+    # gpt-image-2 (the default) takes no input_fidelity at all: see test_contract_models.py.
+    assert ok_on("gpt-image-1", **EDIT, input_fidelity="high").input_fidelity == "high"
 
 
 def test_webp_is_rejected_because_azure_rejects_it() -> None:
@@ -306,7 +312,7 @@ def test_integer_bounds_are_inclusive(fields: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "size",
     ["auto", "1024x1024", "1536x1024", "1024x1536", "2048x2048", "3840x2160", "2160x3840",
-     "3840x1280", "1280x3840", "16x16", "48x16", "2880x2880"],
+     "3840x1280", "1280x3840", "2880x2880", "1024x640"],
 )  # fmt: skip
 def test_valid_sizes(size: str) -> None:
     assert ok(size=size).size == size
@@ -316,16 +322,19 @@ def test_valid_sizes(size: str) -> None:
 @pytest.mark.parametrize(
     ("size", "message"),
     [
-        ("1000x1000", "size: width and height must be multiples of 16, got 1000x1000"),
-        ("1024x1000", "size: width and height must be multiples of 16, got 1024x1000"),
+        ("1000x1000", "size: gpt-image-2 needs width and height in multiples of 16; got 1000x1000"),
+        ("1024x1000", "size: gpt-image-2 needs width and height in multiples of 16; got 1024x1000"),
         ("4096x1024", "size: each side must be 16..3840 pixels, got 4096x1024"),
         ("3856x2160", "size: each side must be 16..3840 pixels, got 3856x2160"),
         ("0x1024", "size: each side must be 16..3840 pixels, got 0x1024"),
         ("1024x8", "size: each side must be 16..3840 pixels, got 1024x8"),
-        ("3840x1264", "size: the long side may be at most 3 times the short side, got 3840x1264 (ratio 3.04)"),
-        ("64x16", "size: the long side may be at most 3 times the short side, got 64x16 (ratio 4.00)"),
-        ("3840x3840", "size: at most 8,294,400 pixels (3840x2160), got 3840x3840 (14,745,600 pixels)"),
-        ("2896x2896", "size: at most 8,294,400 pixels (3840x2160), got 2896x2896 (8,386,816 pixels)"),
+        ("3840x1264", "size: gpt-image-2 takes a long side at most 3 times the short side; got 3840x1264 (ratio 3.04)"),
+        ("64x16", "size: gpt-image-2 takes a long side at most 3 times the short side; got 64x16 (ratio 4.00)"),
+        ("3840x3840", "size: gpt-image-2 takes 655,360 to 8,294,400 pixels; got 3840x3840 (14,745,600 pixels)"),
+        ("2896x2896", "size: gpt-image-2 takes 655,360 to 8,294,400 pixels; got 2896x2896 (8,386,816 pixels)"),
+        # Accepted before the model rules: gpt-image-2 needs 655,360 pixels at least.
+        ("16x16", "size: gpt-image-2 takes 655,360 to 8,294,400 pixels; got 16x16 (256 pixels)"),
+        ("1024x512", "size: gpt-image-2 takes 655,360 to 8,294,400 pixels; got 1024x512 (524,288 pixels)"),
         ("1024X1024", "size: expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got '1024X1024'"),
         ("1024 x 1024", "size: expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got '1024 x 1024'"),
         ("1024x1024 ", "size: expected 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got '1024x1024 '"),
@@ -566,8 +575,12 @@ def test_output_compression_is_for_jpeg_only() -> None:
 
 
 def test_transparent_background_needs_png() -> None:
-    assert ok(background="transparent").background == "transparent"
-    assert ok(background="transparent", output_format="png").background == "transparent"
+    # gpt-image-2 (the default) refuses transparent at all: see test_contract_models.py.
+    assert ok_on("gpt-image-1", background="transparent").background == "transparent"
+    assert (
+        ok_on("gpt-image-1", background="transparent", output_format="png").background
+        == "transparent"
+    )
     assert ok(background="opaque", output_format="jpeg").background == "opaque"
     assert error(background="transparent", output_format="jpeg") == (
         "background: 'transparent' needs output_format 'png' (output_format is 'jpeg')"
@@ -590,7 +603,8 @@ def test_edit_fields_are_for_edit_only() -> None:
 
 
 def test_a_full_edit_request() -> None:
-    request = ok(
+    request = ok_on(
+        "gpt-image-1",
         operation="edit",
         input_images=["inputs/a.png", "inputs/b.jpg"],
         mask="inputs/m.png",
@@ -601,7 +615,7 @@ def test_a_full_edit_request() -> None:
         output_format="jpeg",
         output_compression=85,
         background="opaque",
-        moderation="low",
+        moderation="auto",  # an edit takes no other (/images/edits has no moderation)
         partial_images=2,
         save_partials=True,
         user="user-7",
@@ -864,7 +878,7 @@ def test_parse_message_checks_input_containers() -> None:
     ("body", "message"),
     [
         ('{"prompt": "x", "colour": "red"}', "colour: unknown field"),
-        ('{"prompt": "x", "size": "1000x1000"}', "size: width and height must be multiples of 16, got 1000x1000"),
+        ('{"prompt": "x", "size": "1000x1000"}', "size: gpt-image-2 needs width and height in multiples of 16; got 1000x1000"),
         ('{"prompt": "x", "output_format": "webp"}', "output_format: 'webp' is not supported: the Azure deployment rejects webp; use 'png' or 'jpeg'"),
         ('{"prompt": "x", "id": "../x"}', "id: must start with a letter or digit (A-Z, a-z, 0-9), got '../x'"),
         ('{"prompt": "x", "n": "2"}', "n: expected an integer, got string '2'"),
@@ -884,7 +898,7 @@ ROUND_TRIP = [
     {"prompt": "x", "id": "r1"},
     {"prompt": 'a red fox\n"quoted" \\ back', "id": "r2", "n": 3, "size": "2048x2048"},
     {"prompt": "😀 ключ 中文 \u2028 \ufffe \uffff", "id": "r3", "metadata": {"é": "ü", "": ""}},
-    {"prompt": "x", "id": "r4", **EDIT, "mask": "inputs/m.png", "input_fidelity": "high"},
+    {"prompt": "x", "id": "r4", **EDIT, "mask": "inputs/m.png"},
     {"prompt": "x", "id": "r5", "output_format": "jpeg", "output_compression": 0, "user": "u"},
 ]
 
@@ -958,8 +972,9 @@ def test_request_hash_is_equal_for_equal_requests() -> None:
 )
 def test_request_hash_differs_when_any_field_differs(change: dict[str, Any]) -> None:
     base = {"prompt": "x", "id": "r"}
-    assert validate_request({**base, **change}).request_hash() != (
-        validate_request(base).request_hash()
+    models = ("gpt-image-1",)  # takes input_fidelity, which gpt-image-2 refuses
+    assert validate_request({**base, **change}, models=models).request_hash() != (
+        validate_request(base, models=models).request_hash()
     )
 
 

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-__all__ = ["parse_retry_after"]
+__all__ = ["parse_retry_after", "parse_should_retry"]
+
+
+def parse_should_retry(headers: Mapping[str, str]) -> bool | None:
+    """`x-should-retry` as openai-python reads it: exactly "true" or "false", else no opinion."""
+    folded = {name.lower(): value for name, value in headers.items()}
+    return {"true": True, "false": False}.get(folded.get("x-should-retry", ""))
 
 
 def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:

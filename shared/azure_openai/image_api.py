@@ -20,7 +20,8 @@ from typing import Any, Literal, Protocol
 import requests
 import urllib3.exceptions
 
-from shared.azure_openai.headers import parse_retry_after
+from shared.azure_openai import errors
+from shared.azure_openai.headers import parse_retry_after, parse_should_retry
 from shared.azure_openai.sse import Event, TruncatedStream, iter_events
 from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome, iso_utc, utc_now
 from shared.records.imageinfo import (
@@ -39,14 +40,6 @@ RATELIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
     "x-ratelimit-reset-requests",
-)
-CONTENT_FILTER_CODES = frozenset(
-    {
-        "moderation_blocked",
-        "content_filter",
-        "content_policy_violation",
-        "ResponsibleAIPolicyViolation",
-    }
 )
 
 OnPartial = Callable[[int, bytes], None]
@@ -294,9 +287,8 @@ def _handle_event(
         return None
     kind = str(payload.get("type", ""))
     if kind == "error" or event.event == "error" or isinstance(payload.get("error"), dict):
-        error = _error_from_event(payload)
-        outcome = Outcome.CONTENT_FILTER if _is_content_filter(error) else Outcome.SERVER_ERROR
-        return trace.fail(outcome, error)
+        error = errors.from_event(payload)
+        return trace.fail(errors.event_outcome(error), error)
     if kind.endswith(".partial_image"):
         trace.partials_received += 1
         data = payload.get("b64_json")
@@ -357,60 +349,12 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
-def _error_from_event(payload: Mapping[str, Any]) -> ErrorInfo:
-    """Both shapes: nested `{"type":"error","error":{...}}` (Azure) and flat (Responses API)."""
-    inner = payload.get("error")
-    source = inner if isinstance(inner, dict) else payload
-    kind = source.get("type")
-    if kind == "error" and source is payload:
-        kind = None
-    return ErrorInfo(
-        type=str(kind) if kind is not None else None,
-        code=str(source["code"]) if source.get("code") is not None else None,
-        message=str(source.get("message") or "error event without a message"),
-    )
-
-
-def _is_content_filter(error: ErrorInfo) -> bool:
-    return error.code in CONTENT_FILTER_CODES or error.type == "content_filter"
-
-
 def _error_from_body(response: requests.Response) -> ErrorInfo:
     try:
         body = response.json()
     except ValueError:
-        text = response.text[:300].strip()
-        return ErrorInfo(None, None, text or f"HTTP {response.status_code}")
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return ErrorInfo(None, None, json.dumps(body)[:300])
-    code = error.get("code")
-    inner = error.get("innererror")
-    if isinstance(inner, dict) and inner.get("code") in CONTENT_FILTER_CODES:
-        code = inner["code"]
-    return ErrorInfo(
-        type=str(error["type"]) if error.get("type") is not None else None,
-        code=str(code) if code is not None else None,
-        message=str(error.get("message") or f"HTTP {response.status_code}"),
-    )
-
-
-def _status_outcome(status: int, error: ErrorInfo) -> Outcome:
-    if status == 408:
-        return Outcome.GATEWAY_TIMEOUT
-    if status == 429:
-        return Outcome.RATE_LIMITED
-    if status in (401, 403):
-        return Outcome.AUTH_ERROR
-    if status == 400:
-        return (
-            Outcome.CONTENT_FILTER
-            if error.code in CONTENT_FILTER_CODES
-            else Outcome.INVALID_REQUEST
-        )
-    if status >= 500:
-        return Outcome.SERVER_ERROR
-    return Outcome.HTTP_ERROR
+        body = None
+    return errors.from_body(response.status_code, body, response.text if body is None else "")
 
 
 def _form_value(value: Any) -> str:
@@ -472,6 +416,7 @@ class _Trace:
     retry_after_s: float | None = None
     ratelimit: dict[str, str] | None = None
     headers_s: float | None = None
+    should_retry: bool | None = None
 
     def response(self, response: requests.Response) -> None:
         headers = response.headers
@@ -480,6 +425,7 @@ class _Trace:
         self.x_request_id = headers.get("x-request-id")
         self.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
         self.retry_after_s = parse_retry_after(headers)
+        self.should_retry = parse_should_retry(headers)
         self.headers_s = round(self.monotonic() - self.start, 3)
 
     def event(self) -> None:
@@ -488,7 +434,7 @@ class _Trace:
 
     def http_failure(self, response: requests.Response) -> AttemptResult:
         error = _error_from_body(response)
-        return self.fail(_status_outcome(response.status_code, error), error)
+        return self.fail(errors.status_outcome(response.status_code, error), error)
 
     def fail(self, outcome: Outcome, error: ErrorInfo) -> AttemptResult:
         return AttemptResult(self.record(outcome, error))
@@ -511,4 +457,5 @@ class _Trace:
             retry_after_s=self.retry_after_s,
             ratelimit=dict(self.ratelimit or {}),
             headers_s=self.headers_s,
+            should_retry=self.should_retry,
         )

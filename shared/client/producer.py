@@ -19,6 +19,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from azure.storage.queue import QueueClient, QueueServiceClient
 
+from shared.contract.models import DEFAULT_MODELS
 from shared.contract.request import GenerationRequest, encode_message, validate_request
 from shared.records.attempts import iso_utc, utc_now
 from shared.records.documents import Status, status_doc
@@ -43,12 +44,16 @@ class ImageRequestClient:
         container: ContainerClient,
         *,
         input_containers: tuple[str, ...] = ("inputs",),
+        models: tuple[str, ...] = DEFAULT_MODELS,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.queue = queue
         self.container = container
         self.input_containers = input_containers
+        # The models of the deployments the app may send to: a request none of them would take is
+        # refused here, as the app would refuse it (gpt-image-2, the app's default, when not told).
+        self.models = models
         self._monotonic = monotonic
         self._sleep = sleep
         self._queue_ready = False
@@ -77,7 +82,10 @@ class ImageRequestClient:
             else dict(request)
         )
         return validate_request(
-            data, default_id=new_request_id(), input_containers=self.input_containers
+            data,
+            default_id=new_request_id(),
+            input_containers=self.input_containers,
+            models=self.models,
         )
 
     def submit(self, request: GenerationRequest | Mapping[str, Any]) -> str:

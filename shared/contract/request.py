@@ -1,4 +1,4 @@
-"""The queue message, contract v1 (DESIGN.md section 4): decode a body, validate it, encode it back.
+"""The queue message, contract v1 (docs/design.md §4): decode a body, validate it, encode it back.
 
 Decoding a body (raw JSON or base64 of it, anything else `InvalidMessage`) is `shared.contract.message_body`'s
 job; this module checks the decoded object against the request's fields. `decode_body`, `body_id`,
@@ -6,6 +6,8 @@ job; this module checks the decoded object against the request's fields. `decode
 
 Validation is strict (no coercion, unknown fields rejected) and every error names its field first,
 in words a producer can act on; pydantic's own wording is replaced wherever it would be unclear.
+Some rules depend on the model behind the deployments (`shared.contract.models`): the caller names
+the models the request may be sent to (`models=`), as plain values, and the request must suit all.
 """
 
 from __future__ import annotations
@@ -36,20 +38,28 @@ from shared.contract.message_body import body_id as body_id
 from shared.contract.message_body import decode_body as decode_body
 from shared.contract.message_body import decode_with_text, json_type, quote
 from shared.contract.message_body import excerpt as excerpt
+from shared.contract.models import (
+    DEFAULT_MODELS,
+    MAX_SIDE,
+    ModelRules,
+    background_problem,
+    describe_sizes,
+    fidelity_problem,
+    rules_for,
+    size_problem,
+)
 
 MAX_MESSAGE_BYTES = 65536  # Azure Storage queues and Azurite: UTF-8 size of the message text
 MAX_ERRORS = 20  # a message with thousands of unknown fields still gets a readable error
 DEFAULT_INPUT_CONTAINERS: tuple[str, ...] = ("inputs",)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,3}x[1-9][0-9]{1,3})$"  # necessary, not sufficient
+# Necessary, not sufficient: the loosest rule, every model's sizes match it (see `models`).
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,3}x[1-9][0-9]{1,3})$"
 CONTAINER_PATTERN = r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}"
 BLOB_PATH_PATTERN = rf"^{CONTAINER_PATTERN}/[^/\\\u0000-\u001f\u007f-\u009f]"
 MASK_PATTERN = rf"{BLOB_PATH_PATTERN}.*\.[pP][nN][gG]$"
-MAX_SIDE = 3840
-MIN_SIDE = 16
-MAX_PIXELS = 8_294_400  # 3840x2160
-MAX_RATIO = 3
+MIN_SIDE = 16  # no model takes a side under 16 pixels or over MAX_SIDE: checked for every model
 MAX_BLOB_NAME = 1024  # Azure's limit on a blob name
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -135,7 +145,20 @@ def _check_png(value: str) -> str:
     return value
 
 
-def _check_size(value: str) -> str:
+def _models(info: ValidationInfo) -> tuple[ModelRules, ...]:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    models = context.get("models")
+    return models if models is not None else rules_for(DEFAULT_MODELS)
+
+
+def _refused(problems: Sequence[str | None]) -> None:
+    """Raise with every model's reason, when at least one of the models refuses the value."""
+    found = [problem for problem in problems if problem is not None]
+    if found:
+        raise _fail("; ".join(found))
+
+
+def _check_size(value: str, info: ValidationInfo) -> str:
     if value == "auto":
         return value
     match = re.fullmatch(r"([0-9]+)x([0-9]+)", value)
@@ -148,18 +171,7 @@ def _check_size(value: str) -> str:
     width, height = int(sides[0]), int(sides[1])
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise _fail(f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels, got {value}")
-    if width % 16 or height % 16:
-        raise _fail(f"width and height must be multiples of 16, got {value}")
-    long, short = max(width, height), min(width, height)
-    if long > MAX_RATIO * short:
-        raise _fail(
-            f"the long side may be at most {MAX_RATIO} times the short side, "
-            f"got {value} (ratio {long / short:.2f})"
-        )
-    if width * height > MAX_PIXELS:
-        raise _fail(
-            f"at most {MAX_PIXELS:,} pixels (3840x2160), got {value} ({width * height:,} pixels)"
-        )
+    _refused([size_problem(rules, value, width, height) for rules in _models(info)])
     return value
 
 
@@ -196,9 +208,7 @@ class GenerationRequest(BaseModel):
         description="Required: 1..32000 characters (Unicode code points).",
     )
     size: Annotated[str, AfterValidator(_check_size)] = Field(
-        default="auto",
-        description="'auto', or 'WIDTHxHEIGHT': both multiples of 16, each side 16..3840, "
-        "long side at most 3 times the short side, at most 8,294,400 pixels (3840x2160).",
+        default="auto", description=describe_sizes()
     )
     quality: Quality = Field(default="auto", description="Rendering quality.")
     n: int = Field(
@@ -214,9 +224,15 @@ class GenerationRequest(BaseModel):
         default=None, ge=0, le=100, description="0..100; only with output_format 'jpeg'."
     )
     background: Background = Field(
-        default="auto", description="'transparent' needs output_format 'png'."
+        default="auto",
+        description="'transparent' needs output_format 'png', and a model that supports it "
+        "(gpt-image-2 does not).",
     )
-    moderation: Moderation = Field(default="auto", description="Content moderation level.")
+    moderation: Moderation = Field(
+        default="auto",
+        description="Content moderation level, operation 'generate' only: /images/edits takes no "
+        "moderation, so an edit accepts only 'auto' (the default, which it is not sent).",
+    )
     partial_images: int = Field(
         default=0,
         ge=0,
@@ -241,7 +257,11 @@ class GenerationRequest(BaseModel):
         description="operation 'edit' only: one blob path 'container/name' of a PNG "
         "in an allowed input container.",
     )
-    input_fidelity: InputFidelity | None = Field(default=None, description="operation 'edit' only.")
+    input_fidelity: InputFidelity | None = Field(
+        default=None,
+        description="operation 'edit' only; gpt-image-1 and gpt-image-1.5 take low or high, "
+        "gpt-image-1-mini only low, gpt-image-2 none (omit it).",
+    )
     user: Text | None = Field(
         default=None,
         max_length=256,
@@ -283,6 +303,19 @@ class GenerationRequest(BaseModel):
         fmt = info.data.get("output_format")
         if value == "transparent" and fmt is not None and fmt != "png":
             raise _fail(f"'transparent' needs output_format 'png' (output_format is {fmt!r})")
+        _refused([background_problem(rules, value) for rules in _models(info)])
+        return value
+
+    @field_validator("moderation")
+    @classmethod
+    def _moderation_for_generate(cls, value: str, info: ValidationInfo) -> str:
+        # 'auto' is what the service does when the field is absent, so an edit loses nothing by not
+        # sending it; any other value would be dropped, and that is refused instead.
+        if value != "auto" and info.data.get("operation") == "edit":
+            raise _fail(
+                f"/images/edits takes no moderation: only 'auto' (the default) is accepted on an "
+                f"edit, got {value!r}"
+            )
         return value
 
     @field_validator("input_images")
@@ -293,10 +326,18 @@ class GenerationRequest(BaseModel):
             raise _fail("required when operation is 'edit' (1..16 blob paths 'container/name')")
         return _edit_only(value, info)
 
-    @field_validator("mask", "input_fidelity")
+    @field_validator("mask")
     @classmethod
     def _edit_only(cls, value: Any, info: ValidationInfo) -> Any:
         return _edit_only(value, info)
+
+    @field_validator("input_fidelity")
+    @classmethod
+    def _fidelity(cls, value: str | None, info: ValidationInfo) -> str | None:
+        _edit_only(value, info)
+        if value is not None and info.data.get("operation") == "edit":
+            _refused([fidelity_problem(rules, value) for rules in _models(info)])
+        return value
 
     def request_hash(self) -> str:
         """sha256 of every validated field, defaults applied: tells "id reused" from a redelivery."""
@@ -479,14 +520,24 @@ def validate_request(
     *,
     default_id: str | None = None,
     input_containers: Sequence[str] = DEFAULT_INPUT_CONTAINERS,
+    models: Sequence[str] = DEFAULT_MODELS,
 ) -> GenerationRequest:
-    """Validate a decoded message; `default_id` (the queue message id) fills an absent/null id."""
-    return _validate(data, default_id, input_containers, quoted=None)
+    """Validate a decoded message; `default_id` (the queue message id) fills an absent/null id.
+
+    `models` are the models of every deployment the request may be sent to; it must suit each.
+    An unknown model name is a ValueError (the caller's configuration), not an `InvalidMessage`.
+    """
+    return _validate(data, default_id, input_containers, models, quoted=None)
 
 
 def _validate(
-    data: Any, default_id: str | None, input_containers: Sequence[str], quoted: str | None
+    data: Any,
+    default_id: str | None,
+    input_containers: Sequence[str],
+    models: Sequence[str],
+    quoted: str | None,
 ) -> GenerationRequest:
+    rules = rules_for((models,) if isinstance(models, str) else models)
     if not isinstance(data, Mapping):
         raise InvalidMessage(
             f"message: expected a JSON object, got {json_type(data)}",
@@ -497,7 +548,7 @@ def _validate(
         fields["id"] = default_id
     try:
         return GenerationRequest.model_validate(
-            fields, strict=True, context={"input_containers": input_containers}
+            fields, strict=True, context={"input_containers": input_containers, "models": rules}
         )
     except ValidationError as exc:
         raise InvalidMessage(
@@ -510,10 +561,14 @@ def parse_message(
     *,
     message_id: str,
     input_containers: Sequence[str] = DEFAULT_INPUT_CONTAINERS,
+    models: Sequence[str] = DEFAULT_MODELS,
 ) -> GenerationRequest:
-    """A queue message body to a request; the queue message id is the default `id`."""
+    """A queue message body to a request; the queue message id is the default `id`.
+
+    `models`: as for `validate_request`, every model the request may be sent to.
+    """
     data, text = decode_with_text(body)
-    return _validate(data, message_id, input_containers, quoted=text)
+    return _validate(data, message_id, input_containers, models, quoted=text)
 
 
 def encode_message(request: GenerationRequest) -> str:
@@ -544,7 +599,9 @@ def json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the message: pydantic's, refined to state every rule it can.
 
     Rules a schema cannot state (the size ratio and pixel cap, allowed containers, '..' segments) are
-    in the descriptions; the validator here is authoritative.
+    in the descriptions; so are the rules that depend on the deployments' models, which the message
+    does not name (size, background, input_fidelity): the size pattern is the loosest of them. The
+    validator here is authoritative.
     """
     schema = GenerationRequest.model_json_schema(mode="validation")
     props: dict[str, Any] = schema["properties"]
@@ -573,6 +630,12 @@ def json_schema() -> dict[str, Any]:
         _implies("input_images", {"type": "array"}, {"operation": {"const": "edit"}}),
         _implies("mask", {"type": "string"}, {"operation": {"const": "edit"}}),
         _implies("input_fidelity", {"type": "string"}, {"operation": {"const": "edit"}}),
+        _implies(
+            "moderation",
+            {"const": "low"},
+            {"operation": {"enum": ["generate", None]}},
+            present=False,
+        ),
     ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

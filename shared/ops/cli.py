@@ -39,7 +39,7 @@ from shared.ops.operations import (
     record_status,
     requeue_poisoned,
 )
-from shared.ops.reporting import ERROR, Folder, build_report, format_report
+from shared.ops.reporting import ERROR, Folder, build_report, format_report, format_verdict
 from shared.records.documents import Status
 from shared.settings import OperatorSettings, SettingsError
 from shared.storage.store import StoreError
@@ -310,6 +310,8 @@ def summary(record: dict[str, Any]) -> str:
             + (f", HTTP {last['http_status']}" if last.get("http_status") else "")
             + (f", apim-request-id {apim}" if apim else "")
         )
+    if isinstance(error, dict) and isinstance(error.get("content_filter"), dict):
+        lines.append(f"  content filter: {_one_line(format_verdict(error['content_filter']))}")
     if isinstance(error, dict) and error.get("message"):
         lines.append(f"  error: {_one_line(str(error['message']))}")
     elif record.get("detail"):

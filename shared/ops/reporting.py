@@ -105,6 +105,7 @@ class FailedRequest:
     kind: str
     message: str
     completed_at: str | None
+    content_filter: dict[str, Any] | None = None  # error.json's `error.content_filter`
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +219,45 @@ def _failed_requests(histories: list[RequestHistory]) -> Iterable[FailedRequest]
                 kind=str(error.get("kind")),
                 message=str(error.get("message", "")),
                 completed_at=record.get("completed_at"),
+                content_filter=_verdict_of(error),
             )
+
+
+def _verdict_of(error: Mapping[str, Any]) -> dict[str, Any] | None:
+    verdict = error.get("content_filter")
+    return dict(verdict) if isinstance(verdict, Mapping) else None
+
+
+def format_verdict(verdict: Mapping[str, Any]) -> str:
+    """The safety system's verdict in one line: `azure: sexual filtered (high); revised prompt '…'`.
+
+    From error.json's `error.content_filter`, whichever shape the service answered in.
+    """
+    shape = str(verdict.get("shape") or "unknown")
+    parts: list[str] = []
+    if shape == "resource_blocked":
+        parts.append("the resource is temporarily blocked for content policy")
+    categories = verdict.get("categories")
+    if isinstance(categories, Mapping):
+        filtered = [
+            f"{name} filtered" + (f" ({result['severity']})" if result.get("severity") else "")
+            for name, result in categories.items()
+            if isinstance(result, Mapping) and result.get("filtered") is True
+        ]
+        parts.append(", ".join(filtered) or "no category marked filtered")
+    details = verdict.get("moderation_details")
+    if isinstance(details, Mapping):
+        stage = details.get("moderation_stage")
+        found = details.get("categories")
+        named = ", ".join(map(str, found)) if isinstance(found, list) and found else "none named"
+        parts.append(f"moderation {stage or 'stage unknown'}: categories {named}")
+    if shape == "azure_legacy" and not parts:
+        parts.append("no verdict in the answer (contentFilter)")
+    revised = verdict.get("revised_prompt")
+    if isinstance(revised, str) and revised:
+        shown = revised if len(revised) <= 80 else revised[:80] + "…"
+        parts.append(f"revised prompt {shown!r}")
+    return f"{shape}: " + "; ".join(parts)
 
 
 # --- text -----------------------------------------------------------------------------------------
@@ -253,6 +292,8 @@ def format_report(report: Report) -> str:
         for failed in report.failed_requests:
             when = f" at {_minute(failed.completed_at)}" if failed.completed_at else ""
             lines.append(f"- {failed.id}: {failed.status} ({failed.kind}){when}: {failed.message}")
+            if failed.content_filter is not None:
+                lines.append(f"  content filter: {format_verdict(failed.content_filter)}")
     return "\n".join(lines) + "\n"
 
 

@@ -73,6 +73,7 @@ _HEALTH_OF: dict[Category, Health] = {
     Category.RETRYABLE: Health.FAILURE,
     Category.THROTTLED: Health.NEUTRAL,
     Category.CONFIGURATION: Health.DISABLE,
+    Category.FINAL: Health.FAILURE,
 }
 
 

@@ -5,11 +5,26 @@ been billed (so counts toward `IMAGE_MAX_ATTEMPTS`), whether it never reached th
 toward the per-delivery connect cap instead), and what it tells the deployment's circuit breaker.
 Everything that judges an attempt (planner, router, breaker, reports) reads it from here.
 See docs/design.md §7.
+
+Content filter: every shape of the safety system's refusal (Azure's content_policy_violation and
+legacy contentFilter, OpenAI's moderation_blocked; `shared.azure_openai.errors`) is
+`content_filter`: permanent, error.json kind `content_filter`, after exactly one call. Azure's 403
+"resource temporarily blocked ... content policy" is the same outcome, not a bad key: it is a
+refusal of service for content reasons, which no retry of this request can lift in time, while the
+deployment's key and endpoint are fine. It never reached the model, so it is not billed, and it
+counts as a failure for the deployment's breaker (the whole resource refuses for a while). A 403
+block for "unusual behavior" names no content: it stays `auth_error`, configuration.
+
+`x-should-retry` (`AttemptRecord.should_retry`) is obeyed as openai-python obeys it: "false" on an
+outcome that would be retried or waited out makes it `final` (give up, error.json kind
+`retries_exhausted`); "true" on a refusal (a 409, any other 4xx) makes it retryable and billed, so
+the attempt cap bounds it. Configuration errors (401/403/404) stay configuration whatever it says:
+the router takes the deployment out of rotation, and no header makes a wrong key right.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from shared.records.attempts import AttemptRecord, Outcome
@@ -35,6 +50,7 @@ class Category(StrEnum):
     THROTTLED = "throttled"  # the quota said no; the service tells us when to come back
     PERMANENT = "permanent"  # the service refused this request; sending it again cannot help
     CONFIGURATION = "configuration"  # our credentials or endpoint are wrong; no request can succeed
+    FINAL = "final"  # would be retried, but the service said not to (x-should-retry: false)
 
 
 class Health(StrEnum):
@@ -88,10 +104,30 @@ _CLIENT_SENT = Verdict(Category.RETRYABLE, billed=True, unreachable=False, healt
 _CLIENT_UNSENT = Verdict(Category.RETRYABLE, billed=False, unreachable=True, health=Health.NEUTRAL)
 
 _CONFIGURATION_STATUSES = frozenset({401, 403, 404})
+# Azure's 403 blocking the resource for content policy: refused, not billed, the resource is unwell.
+_BLOCKED = Verdict(Category.PERMANENT, billed=False, unreachable=False, health=Health.FAILURE)
 
 
 def judge(record: AttemptRecord) -> Verdict:
-    """The table's verdict on one attempt.
+    """The table's verdict on one attempt, with the service's `x-should-retry` applied.
+
+    As in openai-python, the header counts on an error answer only, never on a 200 stream.
+    """
+    verdict = _by_outcome(record)
+    if record.http_status is None or record.http_status < 300:
+        return verdict
+    if record.should_retry is False and verdict.category in (
+        Category.RETRYABLE,
+        Category.THROTTLED,
+    ):
+        return replace(verdict, category=Category.FINAL)
+    if record.should_retry is True and verdict.category is Category.PERMANENT:
+        return replace(verdict, category=Category.RETRYABLE, billed=True)
+    return verdict
+
+
+def _by_outcome(record: AttemptRecord) -> Verdict:
+    """The table's verdict on one attempt, from its outcome and status.
 
     401/403/404 mean configuration whatever outcome the caller gave them: a wrong key, a missing role
     assignment or a wrong deployment name fails every request alike. An `http_error` is judged by its
@@ -102,6 +138,8 @@ def judge(record: AttemptRecord) -> Verdict:
     if record.outcome is Outcome.SUCCEEDED:
         return _SUCCESS
     status = record.http_status
+    if record.outcome is Outcome.CONTENT_FILTER and status == 403:
+        return _BLOCKED
     if status in _CONFIGURATION_STATUSES:
         return _CONFIGURATION
     if record.outcome is Outcome.CLIENT_ERROR:

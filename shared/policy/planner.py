@@ -177,6 +177,11 @@ class Planner:
     ) -> GiveUp | FailInvocation | None:
         """Whether the last attempt ends this image's tries (or this delivery's)."""
         verdict = judge(last)
+        if verdict.category is Category.FINAL:
+            return GiveUp(
+                ErrorKind.RETRIES_EXHAUSTED,
+                f"the service said not to retry (x-should-retry: false); last: {describe(last)}",
+            )
         if verdict.category is Category.PERMANENT:
             filtered = last.outcome is Outcome.CONTENT_FILTER
             kind = ErrorKind.CONTENT_FILTER if filtered else ErrorKind.INVALID_REQUEST

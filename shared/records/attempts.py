@@ -24,7 +24,9 @@ class Outcome(StrEnum):
     TRUNCATED = "truncated"  # the stream ended cleanly without a completed event
     READ_TIMEOUT = "read_timeout"
     CONNECT_ERROR = "connect_error"
-    CONTENT_FILTER = "content_filter"  # moderation_blocked / content_filter
+    # The service's safety system refused the prompt (Azure's content_policy_violation or legacy
+    # contentFilter, OpenAI's moderation_blocked), or a 403 blocked the resource for content policy.
+    CONTENT_FILTER = "content_filter"
     INVALID_REQUEST = "invalid_request"  # 400 to a request we thought valid
     AUTH_ERROR = "auth_error"  # 401 / 403
     # A completed event whose bytes are not a PNG/JPEG of the asked format (or not base64 at all).
@@ -34,17 +36,30 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
+    """The service's error as recorded. `content_filter` is the safety system's verdict when it
+    refused the prompt, so a producer can tell which category was hit: any of `shape` (the body's
+    shape: azure, azure_legacy, openai, resource_blocked), `categories` (name to `filtered` and
+    `severity`), `revised_prompt`, `moderation_details`, `inner_code`. None for every other error."""
+
     type: str | None
     code: str | None
     message: str
+    content_filter: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data: dict[str, Any] = {"type": self.type, "code": self.code, "message": self.message}
+        if self.content_filter is not None:  # absent otherwise: records stay as they were
+            data["content_filter"] = self.content_filter
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        verdict = data.get("content_filter")
         return cls(
-            type=data.get("type"), code=data.get("code"), message=str(data.get("message", ""))
+            type=data.get("type"),
+            code=data.get("code"),
+            message=str(data.get("message", "")),
+            content_filter=dict(verdict) if isinstance(verdict, dict) else None,
         )
 
 
@@ -53,7 +68,9 @@ class AttemptRecord:
     """Every field of `attempts[]` in DESIGN.md section 5, plus what the retry policy needs.
 
     `retry_after_s` is the wait the service asked for (429), already converted from
-    `retry-after-ms` / `retry-after`; `ratelimit` keeps the x-ratelimit-* headers for quota tracking.
+    `retry-after-ms` / `retry-after`; `ratelimit` keeps the x-ratelimit-* headers for quota tracking;
+    `should_retry` is the `x-should-retry` header ("true" True, "false" False, else None), which the
+    outcome table obeys as openai-python does.
     """
 
     attempt: int
@@ -72,6 +89,7 @@ class AttemptRecord:
     retry_after_s: float | None = None
     ratelimit: dict[str, str] = field(default_factory=dict)
     headers_s: float | None = None  # when the response headers arrived, from the start
+    should_retry: bool | None = None
 
     @property
     def headers_age_s(self) -> float:
@@ -117,7 +135,12 @@ class AttemptRecord:
             retry_after_s=data.get("retry_after_s"),
             ratelimit=dict(data.get("ratelimit") or {}),
             headers_s=data.get("headers_s"),
+            should_retry=_optional_bool(data.get("should_retry")),
         )
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def utc_now() -> datetime:

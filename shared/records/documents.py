@@ -121,7 +121,9 @@ def error_doc(
     metadata: dict[str, str] | None = None,
     input_text: str | None = None,
     queue_message_id: str | None = None,
+    content_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`content_filter`: the safety system's verdict (`ErrorInfo.content_filter`), as `error.content_filter`."""
     doc: dict[str, Any] = {
         "schema": ERROR_SCHEMA,
         "id": request_id,
@@ -134,6 +136,8 @@ def error_doc(
         "metadata": metadata or {},
         "error": {"kind": kind.value, "message": message},
     }
+    if content_filter is not None:
+        doc["error"]["content_filter"] = content_filter
     if request_hash is not None:
         doc["request_hash"] = request_hash
     if input_text is not None:

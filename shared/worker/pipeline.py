@@ -89,11 +89,19 @@ def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
     rt.ensure_ready()
     try:
         request = parse_message(
-            body, message_id=message_id, input_containers=rt.settings.input_containers
+            body,
+            message_id=message_id,
+            input_containers=rt.settings.input_containers,
+            models=deployment_models(rt),
         )
     except InvalidMessage as exc:
         return _reject_invalid(body, message_id, exc, rt)
     return _Job(request, message_id, rt).run()
+
+
+def deployment_models(rt: Runtime) -> tuple[str, ...]:
+    """Every configured deployment's model: with failover the request may be sent to any of them."""
+    return tuple(dict.fromkeys(d.model for d in rt.settings.deployments))
 
 
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:
@@ -288,7 +296,11 @@ class _Job:
                 raise InvocationFailed(f"request {self.id}: {ending.message}")
         for ending in endings:
             if isinstance(ending, GiveUp):
-                return self._fail(Status.FAILED, ending.kind, ending.message)
+                filtered = ending.kind is ErrorKind.CONTENT_FILTER
+                verdict = self._verdict() if filtered else None
+                return self._fail(
+                    Status.FAILED, ending.kind, ending.message, content_filter=verdict
+                )
         soonest = min((e for e in endings if isinstance(e, Requeue)), key=lambda e: e.seconds)
         return self._continue_later(soonest.seconds, soonest.reason)
 
@@ -334,6 +346,14 @@ class _Job:
         except BaseException:
             self._stop.set()
             raise
+
+    def _verdict(self) -> dict[str, Any] | None:
+        """The safety system's verdict on the latest refused attempt, for error.json."""
+        with self._mutex:
+            for attempt in reversed(self.history.attempts):
+                if attempt.error is not None and attempt.error.content_filter is not None:
+                    return attempt.error.content_filter
+        return None
 
     def _situation(self, index: int) -> Situation:
         monotonic = self.rt.monotonic()
@@ -456,7 +476,13 @@ class _Job:
         )
         return Result.SUCCEEDED
 
-    def _fail(self, status: Status, kind: ErrorKind, message: str) -> Result:
+    def _fail(
+        self,
+        status: Status,
+        kind: ErrorKind,
+        message: str,
+        content_filter: dict[str, Any] | None = None,
+    ) -> Result:
         now = iso_utc(self.rt.now())
         doc = error_doc(
             self.id,
@@ -472,6 +498,7 @@ class _Job:
             metadata=dict(self.request.metadata),
             input_text=excerpt(self.request.to_message()) if status is Status.REJECTED else None,
             queue_message_id=self.message_id,
+            content_filter=content_filter,
         )
         self.rt.store.create_record(self.id, "error.json", doc)
         self._write_status(status, detail=message)
@@ -513,7 +540,12 @@ def _log_attempt(request_id: str, record: AttemptRecord) -> None:
 
 
 def _api_fields(request: GenerationRequest) -> dict[str, Any]:
-    """The request's fields as the image API names them (no `n`: streaming makes one per call)."""
+    """The request's fields as the image API names them (no `n`: streaming makes one per call).
+
+    Each endpoint gets only its own fields: `moderation` is a field of generations, `input_fidelity`
+    of edits. The contract refuses an edit whose moderation is not 'auto' (the service's default
+    without the field), so leaving it out of an edit changes nothing.
+    """
     fields: dict[str, Any] = {
         "prompt": request.prompt,
         "size": request.size,
@@ -521,10 +553,10 @@ def _api_fields(request: GenerationRequest) -> dict[str, Any]:
         "output_format": request.output_format,
         "output_compression": request.output_compression,
         "background": request.background,
-        "moderation": request.moderation,
         "user": request.user,
     }
     if request.operation == "edit":
         fields["input_fidelity"] = request.input_fidelity
-        fields.pop("moderation")
+    else:
+        fields["moderation"] = request.moderation
     return fields

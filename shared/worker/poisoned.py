@@ -14,7 +14,7 @@ from shared.records.attempts import iso_utc
 from shared.records.documents import ErrorKind, Status, error_doc, status_doc
 from shared.records.history import CallHistory
 from shared.storage.store import LeaseLost, LockHeld
-from shared.worker.pipeline import Result
+from shared.worker.pipeline import Result, deployment_models
 from shared.worker.runtime import Runtime
 
 log = logging.getLogger("imagegen.poisoned")
@@ -30,7 +30,10 @@ def record_poisoned(body: bytes | str, message_id: str, rt: Runtime) -> Result:
     request: GenerationRequest | None = None
     with contextlib.suppress(InvalidMessage):
         request = parse_message(
-            body, message_id=message_id, input_containers=rt.settings.input_containers
+            body,
+            message_id=message_id,
+            input_containers=rt.settings.input_containers,
+            models=deployment_models(rt),
         )
     request_id = request.id if request is not None and body_id(body) is not None else None
     record_id = request_id or message_id
