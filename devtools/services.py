@@ -175,16 +175,20 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Stopped` (a KeyboardInterrupt) as SIGINT does.
+    """Within the block, SIGTERM raises `Stopped` (a KeyboardInterrupt), as SIGINT does.
 
     Without it Python dies on SIGTERM at once and runs no cleanup: the children it started, in
     their own process groups, would keep running and hold their ports. Main thread only.
     """
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a shell
+    # without job control): Ctrl-C, or `kill -INT`, must still stop the command and its children.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def python_module(module: str, *args: str) -> list[str]:
