@@ -40,16 +40,16 @@ fmt: setup ## Apply ruff fixes and formatting
 emulator: setup ## Run the gpt-image deployment emulator in the foreground (EMULATOR_* env vars or ARGS="...")
 	$(PY) -m emulators.image_deployment $(ARGS)
 
-azurite: setup ## Run Azurite (in memory) in the foreground
-	$(PY) -m devtools azurite
+azurite: setup ## Run Azurite in the foreground, in memory (ARGS="--persist DIR --blob-port N ..."; ARGS=--help)
+	$(PY) -m devtools azurite $(ARGS)
 
-demo: setup ## The main job end to end: Azurite, emulator, host; three requests; results in ./out/
+demo: setup ## The main job end to end: Azurite (in memory), emulator, host; three requests; results in ./out/<id>/; then it stops
 	$(PY) -m devtools.demo $(ARGS)
 
-run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote) and the host, until Ctrl-C
-	$(PY) -m devtools.stack
+run: setup ## Azurite (data kept in .azurite/), emulator, host, until Ctrl-C; for your requests (ARGS="--time-scale 0.1 ..."; ARGS=--help)
+	$(PY) -m devtools.stack $(ARGS)
 
-bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail
+bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail (ARGS="NAME [options]"; ARGS=--help)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m bench $(ARGS)
 

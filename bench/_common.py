@@ -218,7 +218,11 @@ def verdict(met: bool) -> str:
 
 def bench_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of `python -m bench.<module>`; its help is the module's docstring."""
-    return argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc)
+    return argparse.ArgumentParser(
+        prog=f"python -m bench.{module}",
+        description=doc,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
 
 
 def run_cli(

@@ -172,7 +172,7 @@ def render(report: Report) -> str:
     return f"{summary}\n\n{breakdown}\n\n{cpu}"
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = bench_parser("end_to_end", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    return run_cli("end_to_end", _parser(), argv, Config, config_line, run)
+    return run_cli("end_to_end", parser(), argv, Config, config_line, run)
 
 
 def config_line(config: Config) -> str:

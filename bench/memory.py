@@ -162,7 +162,7 @@ def render(report: Report) -> str:
     return table
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = bench_parser("memory", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
@@ -184,7 +184,7 @@ def config_line(config: Config) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    return run_cli("memory", _parser(), argv, Config, config_line, run)
+    return run_cli("memory", parser(), argv, Config, config_line, run)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def _scopes(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = bench_parser("quota_use", __doc__)
     defaults = Config()
     parser.add_argument("--requests", type=int, default=defaults.requests)
@@ -209,7 +209,7 @@ def config_line(config: Config) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    return run_cli("quota_use", _parser(), argv, Config, config_line, run)
+    return run_cli("quota_use", parser(), argv, Config, config_line, run)
 
 
 if __name__ == "__main__":

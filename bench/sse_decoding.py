@@ -577,7 +577,7 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = bench_parser("sse_decoding", __doc__)
     parser.add_argument(
         "--sizes", type=_floats, default=DEFAULT_SIZES, help="image MiB, e.g. 2,8,24"
@@ -593,7 +593,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    args = _parser().parse_args(None if argv is None else list(argv))
+    args = parser().parse_args(None if argv is None else list(argv))
     if args.child:
         child_main(args.child, args.url, args.limit_s, args.profile)
         return 0

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.services import REPO_ROOT, Service, port_open, start
 
 HOST = "127.0.0.1"
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
+# Where `make run` keeps Azurite's data between runs (git-ignored).
+DEFAULT_LOCATION = REPO_ROOT / ".azurite"
+# What Azurite writes under --location; `reset_location` deletes these and nothing else.
+_DATA_NAMES = ("__blobstorage__", "__queuestorage__", "__tablestorage__", "AzuriteConfig")
+_DATA_PREFIX = "__azurite_db_"
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -27,6 +33,19 @@ def connection_string(
         f"QueueEndpoint=http://{HOST}:{queue_port}/{ACCOUNT};"
         f"TableEndpoint=http://{HOST}:{table_port}/{ACCOUNT};"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    blob: int = BLOB_PORT
+    queue: int = QUEUE_PORT
+    table: int = TABLE_PORT
+
+    def default(self) -> bool:
+        return self == Ports()
+
+    def describe(self) -> str:
+        return f"{HOST}:{self.blob},{self.queue},{self.table} (blob, queue, table)"
 
 
 def running(blob_port: int = BLOB_PORT, queue_port: int = QUEUE_PORT) -> bool:
@@ -75,3 +94,40 @@ def start_azurite(
         timeout=timeout,
         log_path=log_path,
     )
+
+
+def start_on(ports: Ports, *, location: Path | None, log_path: Path | None) -> Service:
+    return start_azurite(
+        blob_port=ports.blob,
+        queue_port=ports.queue,
+        table_port=ports.table,
+        location=location,
+        log_path=log_path,
+    )
+
+
+def holds_data(location: Path) -> bool:
+    return location.is_dir() and any(_is_data(p) for p in location.iterdir())
+
+
+def reset_location(location: Path) -> list[Path]:
+    """Delete Azurite's files under `location` and return them; other files are left alone.
+
+    Named, not `rmtree(location)`: `--persist ~ --reset` must not empty a home directory.
+    """
+    if not location.is_dir():
+        return []
+    removed = []
+    for entry in sorted(location.iterdir()):
+        if not _is_data(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _is_data(entry: Path) -> bool:
+    return entry.name in _DATA_NAMES or entry.name.startswith(_DATA_PREFIX)

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from devtools.services import REPO_ROOT
+from devtools.services import REPO_ROOT, stop_on_signals
 from devtools.stack import local_stack
 from shared.client.producer import ImageRequestClient
 
@@ -154,4 +154,8 @@ def table(ids: list[str], results: dict[str, dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with stop_on_signals():  # SIGTERM stops every child as Ctrl-C does
+        try:
+            sys.exit(main())
+        except KeyboardInterrupt:
+            sys.exit(130)

@@ -1,4 +1,10 @@
-"""Start local services as child processes, wait for them on a deadline, stop them by pid."""
+"""Start local services as child processes, wait for them on a deadline, stop them by pid.
+
+Each child runs in its own process group, and stopping it signals the group: whatever the child
+started itself goes with it. A terminal's Ctrl-C then reaches only the devtools command, which
+stops its children in order (the host before the storage it writes to); `stop_on_signals` makes
+SIGTERM do the same, so `kill <pid>` or `make` passing on a SIGTERM leaves no orphan behind.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,20 +97,28 @@ class Service:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        """SIGTERM to its process group, then SIGKILL after `timeout`; returns the exit code."""
         if self.alive():
-            self.process.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait(timeout)
         return self.process.returncode
 
     def kill(self) -> None:
+        """SIGKILL to its process group: no grace."""
         if self.alive():
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait(10)
+
+    def _signal_group(self, signum: int) -> None:
+        # Only while the leader is unreaped: its pid is then still ours, and so is the group id.
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def start(
@@ -128,20 +143,52 @@ def start(
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     service = Service(name, process, log_path)
     deadline = time.monotonic() + timeout
-    while not ready():
-        if not service.alive():
-            raise ServiceError(
-                f"{name} exited with code {process.returncode} before it was ready\n"
-                + service.log_tail()
-            )
-        if time.monotonic() >= deadline:
-            service.kill()
-            raise ServiceError(f"{name} was not ready after {timeout:.0f}s\n" + service.log_tail())
-        time.sleep(0.05)
+    try:
+        while not ready():
+            if not service.alive():
+                raise ServiceError(
+                    f"{name} exited with code {process.returncode} before it was ready\n"
+                    + service.log_tail()
+                )
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"{name} was not ready after {timeout:.0f}s\n" + service.log_tail()
+                )
+            time.sleep(0.05)
+    except BaseException:  # not ready, or Ctrl-C / SIGTERM while waiting: nobody else can stop it
+        service.kill()
+        raise
     return service
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every `finally` and ExitStack stops its children."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Stopped` (a KeyboardInterrupt), as SIGINT does.
+
+    Without it Python dies on SIGTERM at once and runs no cleanup: the children it started, in
+    their own process groups, would keep running and hold their ports. Main thread only.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a shell
+    # without job control): Ctrl-C, or `kill -INT`, must still stop the command and its children.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def python_module(module: str, *args: str) -> list[str]:

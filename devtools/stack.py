@@ -1,7 +1,9 @@
 """The local stack for `make demo` and `make run`: Azurite, the emulator and the host stand-in.
 
-Each piece is started only if needed (Azurite if nothing listens; the emulator unless
-AZURE_OPENAI_ENDPOINT names a remote deployment) and stopped by its pid on exit.
+Each piece is started only if needed (Azurite if nothing listens on its ports; the emulator unless
+AZURE_OPENAI_ENDPOINT names a remote deployment) and stopped by its pid on exit, on Ctrl-C and on
+SIGTERM alike. `make run` keeps Azurite's data in `.azurite/` so a restart after fixing a setting
+finds the poison queue and every record where it left them; `make demo` runs Azurite in memory.
 
 `host_settings`, `start_emulator` and `start_host` are how every stack here (this one, bench/ and
 the soak) wires and starts the product, so a new setting or host flag is added in one place.
@@ -9,7 +11,9 @@ the soak) wires and starts the product, so a new setting or host flag is added i
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -17,20 +21,34 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from devtools import azurite
+from devtools.cli import HelpFormatter, add_port_options, ports_of, positive, rate
+from devtools.cli import port as port_number
+from devtools.logs import RunLogs
 from devtools.services import (
     REPO_ROOT,
     Service,
-    free_port,
+    ServiceError,
     http_ok,
-    port_open,
     python_module,
     start,
+    stop_on_signals,
 )
-from shared.local_settings import FILE_NAME, under_environment
+from devtools.stack_options import (
+    EMULATOR_KEY,
+    KeyOptions,
+    StackError,
+    StorageOptions,
+    host_key,
+    pick_emulator_port,
+    start_storage,
+)
+from shared.local_settings import FILE_NAME, LocalSettingsError, under_environment
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-EMULATOR_KEY = "local-dev-key"
-DEFAULT_EMULATOR_PORT = 8090
+LOG_DIR = REPO_ROOT / "out" / "logs"
+# `make demo` and library callers: Azurite in memory on 10000-10002, the emulator's key given to the host.
+IN_MEMORY = StorageOptions()
+EMULATOR_KEYS = KeyOptions()
 
 # Host.json overrides as app settings, the way Azure reads them: redeliver at once, poll fast.
 FAST_QUEUE_POLLING = {
@@ -116,7 +134,8 @@ class Stack:
     settings: dict[str, str]
     services: list[Service] = field(default_factory=list)
     emulator_url: str | None = None
-    log_dir: Path = REPO_ROOT / "out" / "logs"
+    log_dir: Path = LOG_DIR
+    host: Service | None = None
 
 
 @contextmanager
@@ -125,84 +144,167 @@ def local_stack(
     time_scale: float,
     fault_rate: float,
     payload_scale: float = 1.0,
+    storage: StorageOptions = IN_MEMORY,
+    keys: KeyOptions = EMULATOR_KEYS,
+    emulator_port: int | None = None,
+    log_dir: Path = LOG_DIR,
 ) -> Iterator[Stack]:
-    """Start what is missing; yield the settings the app runs with; stop what we started."""
+    """Start what is missing; yield the settings the app runs with; stop what we started.
+
+    `emulator_port` None: 8090, or a free port when 8090 is taken. Raises StackError before
+    anything starts when the options cannot hold (e.g. `reset` with an Azurite not ours).
+    """
     settings = app_settings()
-    stack = Stack(settings=settings)
-    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(settings=settings, log_dir=log_dir)
+    logs = RunLogs(log_dir)
+    remote = uses_remote_deployment(settings)
+    # Which key the host gets and which port the emulator takes are decided (and said) first.
+    api_key = None if remote else host_key(settings, keys)
+    port = None if remote else pick_emulator_port(emulator_port)
     with ExitStack() as cleanup:
-        if (
-            settings.get("AzureWebJobsStorage", "").replace(" ", "").lower()
-            == "usedevelopmentstorage=true"
-        ):
-            if not azurite.running():
-                service = azurite.start_azurite(log_path=stack.log_dir / "azurite.log")
-                cleanup.callback(service.stop)
-                stack.services.append(service)
-                print(f"started Azurite (pid {service.pid})")
-            else:
-                print("using the Azurite already listening on 127.0.0.1:10000-10002")
-        if uses_remote_deployment(settings):
+
+        def keep(service: Service) -> Service:
+            cleanup.callback(service.stop)
+            stack.services.append(service)
+            return service
+
+        start_storage(settings, storage, logs, keep)
+        if port is None or api_key is None:
             print(f"using the deployment at {settings['AZURE_OPENAI_ENDPOINT']} (no emulator)")
         else:
-            port = (
-                DEFAULT_EMULATOR_PORT
-                if not port_open("127.0.0.1", DEFAULT_EMULATOR_PORT)
-                else free_port()
+            clock = ("--time-scale", str(time_scale), "--fault-rate", str(fault_rate))
+            emulator = keep(
+                start_emulator(
+                    port,
+                    api_key=keys.emulator_key,
+                    deployment=settings.get("AZURE_OPENAI_DEPLOYMENT", "gpt-image-2-1"),
+                    log_path=logs.path("emulator"),
+                    args=(*clock, "--payload-scale", str(payload_scale)),
+                )
             )
-            url = emulator_url(port)
-            emulator = start_emulator(
-                port,
-                api_key=EMULATOR_KEY,
-                deployment=settings.get("AZURE_OPENAI_DEPLOYMENT", "gpt-image-2-1"),
-                log_path=stack.log_dir / "emulator.log",
-                args=(
-                    "--time-scale", str(time_scale),
-                    "--fault-rate", str(fault_rate),
-                    "--payload-scale", str(payload_scale),
-                ),
-            )  # fmt: skip
-            cleanup.callback(emulator.stop)
-            stack.services.append(emulator)
-            stack.emulator_url = url
-            settings.update(AZURE_OPENAI_ENDPOINT=url, AZURE_OPENAI_API_KEY=EMULATOR_KEY)
+            stack.emulator_url = emulator_url(port)
+            settings.update(AZURE_OPENAI_ENDPOINT=stack.emulator_url, AZURE_OPENAI_API_KEY=api_key)
             print(
-                f"started the emulator on {url} (pid {emulator.pid}, clock x{time_scale}, fault rate {fault_rate})"
+                f"started the emulator on {stack.emulator_url} (pid {emulator.pid}, "
+                f"clock x{time_scale:g}, fault rate {fault_rate:g})"
             )
-        host = start_host(settings, stack.log_dir / "host.log")
-        cleanup.callback(host.stop)
-        stack.services.append(host)
+        host_log = logs.path("host")
+        stack.host = keep(start_host(settings, host_log))
         print(
-            f"started the Functions host stand-in (pid {host.pid}); log: {stack.log_dir / 'host.log'}"
+            f"started the Functions host stand-in (pid {stack.host.pid}); log: {host_log} "
+            f"({log_dir / 'host.log'} is the latest run's)"
         )
         yield stack
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+RUN_DESCRIPTION = """\
+`make run` (ARGS="..." passes these options): Azurite, the emulator (unless
+AZURE_OPENAI_ENDPOINT is remote) and the Functions host stand-in running function_app.py, in the
+foreground until Ctrl-C or SIGTERM, which stop all three. Settings: local.settings.json under the
+environment. `make demo` is the same stack for three requests of its own (Azurite in memory,
+clock x0.15, some faults), then it stops; `make run` waits for yours, real time, no faults.
+
+Practise a wrong key: AZURE_OPENAI_API_KEY=wrong make run ARGS=--require-key
+"""
+
+# --- make run ------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    """`make run`: the stack in the foreground until Ctrl-C (real-time clock, no random faults)."""
-    import signal
-    import sys
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.stack",
+        description=RUN_DESCRIPTION,
+        epilog="Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 a service failed, 2 bad arguments "
+        "or settings.",
+        formatter_class=HelpFormatter,
+    )
+    emulator = parser.add_argument_group("the emulator")
+    emulator.add_argument(
+        "--time-scale", type=positive, default=1.0, help="emulator clock: 0.1 runs 245 s in 24.5 s"
+    )
+    emulator.add_argument(
+        "--fault-rate", type=rate, default=0.0, help="random mid-stream server_error rate, 0..1"
+    )
+    emulator.add_argument(
+        "--payload-scale", type=positive, default=1.0, help="image byte sizes relative to Azure's"
+    )
+    emulator.add_argument(
+        "--emulator-port", type=port_number, help="its port (omitted: 8090, or a free one if taken)"
+    )
+    emulator.add_argument(
+        "--require-key",
+        action="store_true",
+        help="keep the configured AZURE_OPENAI_API_KEY instead of giving the host the emulator's "
+        "key: a wrong key gets 401, then poison (to practise requeue-poison)",
+    )
+    emulator.add_argument(
+        "--emulator-key", default=EMULATOR_KEY, help="the key the emulator accepts"
+    )
+    storage = parser.add_argument_group(
+        "Azurite (when AzureWebJobsStorage=UseDevelopmentStorage=true)"
+    )
+    where = storage.add_mutually_exclusive_group()
+    where.add_argument(
+        "--persist",
+        type=Path,
+        metavar="DIR",
+        default=azurite.DEFAULT_LOCATION,
+        help="keep Azurite's data in DIR, so a restart finds the queues and records",
+    )
+    where.add_argument("--in-memory", action="store_true", help="Azurite in memory: gone on exit")
+    storage.add_argument(
+        "--reset", action="store_true", help="delete Azurite's data in the --persist DIR first"
+    )
+    add_port_options(storage)
+    parser.add_argument("--log-dir", type=Path, default=LOG_DIR, help="<service>-<time>.log files")
+    return parser
 
-    # SIGTERM stops the stack as Ctrl-C does: every child is stopped by its pid on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        with local_stack(time_scale=1.0, fault_rate=0.0) as stack:
-            host = stack.services[-1]
-            print("running; submit with `python -m shared.ops submit ...`; Ctrl-C stops everything")
-            host.process.wait()
-            print(
-                f"the host exited with code {host.process.returncode}:\n{host.log_tail()}",
-                file=sys.stderr,
-            )
+
+def serve(args: argparse.Namespace) -> int:
+    """The stack in the foreground until the host exits (1) or a signal stops it (raised)."""
+    if args.in_memory and args.reset:
+        raise StackError("--reset deletes on-disk data; with --in-memory there is none")
+    storage = StorageOptions(
+        ports=ports_of(args), location=None if args.in_memory else args.persist, reset=args.reset
+    )
+    with local_stack(
+        time_scale=args.time_scale,
+        fault_rate=args.fault_rate,
+        payload_scale=args.payload_scale,
+        storage=storage,
+        keys=KeyOptions(emulator_key=args.emulator_key, require=args.require_key),
+        emulator_port=args.emulator_port,
+        log_dir=args.log_dir,
+    ) as stack:
+        host = stack.host
+        assert host is not None
+        print(
+            "running; submit with `python -m shared.ops submit ...`; Ctrl-C stops everything",
+            flush=True,
+        )
+        host.process.wait()
+        print(
+            f"the host exited with code {host.process.returncode}:\n{host.log_tail()}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`make run`: parse (argparse exits 2 on unknown arguments, 0 on --help), then serve."""
+    args = parser().parse_args(argv)
+    with stop_on_signals():
+        try:
+            return serve(args)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every child is stopped on the way out
+            print("\nstopped", flush=True)
+            return 0
+        except (StackError, LocalSettingsError) as exc:
+            print(f"make run: {exc}", file=sys.stderr)
+            return 2
+        except (ServiceError, FileNotFoundError) as exc:
+            print(f"make run: {exc}", file=sys.stderr)
             return 1
-    except KeyboardInterrupt:
-        print("\nstopped")
-        return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from shared.ops.cli import main, parse_metadata, parse_since
 from shared.records.attempts import AttemptRecord, ErrorInfo, Outcome
 
 TERMINAL_FAILURE = 1
+NOT_FOUND = 4
 
 
 @dataclass
@@ -297,8 +298,26 @@ def test_submit_wait_reports_the_terminal_record_and_out_downloads(
     )
     assert run.code == 0, run.err
     assert run.out.startswith("done-1\ndone-1: succeeded — 1 image, 1 call")
-    assert (tmp_path / "o" / "0.png").read_bytes() == b"\x89PNG"
-    assert str(tmp_path / "o" / "manifest.json") in run.out
+    assert (tmp_path / "o" / "done-1" / "0.png").read_bytes() == b"\x89PNG"
+    assert str(tmp_path / "o" / "done-1" / "manifest.json") in run.out
+
+
+def test_a_second_submit_out_to_the_same_dir_keeps_the_first(stage: Stage, tmp_path: Path) -> None:
+    """`--out DIR` writes DIR/<id>/: the README's `--out out/` twice must not overwrite 0.png."""
+    for request_id, png in (("first-1", b"\x89PNG-first"), ("second-1", b"\x89PNG-second")):
+        stage.put(request_id, "0.png", png)
+        stage.put(
+            request_id, "manifest.json", manifest_json(request_id, [attempt(1, "succeeded", "x")])
+        )
+        run = stage.cli(
+            "submit", "--prompt", "an apple", "--id", request_id, "--out", str(tmp_path / "out")
+        )
+        assert run.code == 0, run.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first-1", "second-1"]
+    assert (tmp_path / "out" / "first-1" / "0.png").read_bytes() == b"\x89PNG-first"
+    assert (tmp_path / "out" / "second-1" / "0.png").read_bytes() == b"\x89PNG-second"
+    first = json.loads((tmp_path / "out" / "first-1" / "manifest.json").read_text())
+    assert first["id"] == "first-1"
 
 
 def test_submit_wait_shows_progress_then_times_out_with_exit_1(stage: Stage) -> None:
@@ -352,7 +371,7 @@ def test_status_summary_json_and_exit_codes(stage: Stage) -> None:
     assert "Traceback" not in torn.err
 
     unknown = stage.cli("status", "nope")
-    assert unknown.code == 1 and "no request 'nope'" in unknown.err
+    assert unknown.code == NOT_FOUND and "no request 'nope'" in unknown.err
 
 
 def test_fetch_downloads_images_and_records(stage: Stage, tmp_path: Path) -> None:
@@ -368,7 +387,12 @@ def test_fetch_downloads_images_and_records(stage: Stage, tmp_path: Path) -> Non
         "manifest.json",
         "status.json",
     ]
-    assert stage.cli("fetch", "missing", str(tmp_path / "none")).code == 1
+    missing = stage.cli("fetch", "missing", str(tmp_path / "none"))
+    assert missing.code == NOT_FOUND and "no request 'missing'" in missing.err
+    assert not (tmp_path / "none").exists()
+    # Found but not finished is not "no such request".
+    stage.put("img-2", "status.json", status_json("img-2", "running", []))
+    assert stage.cli("fetch", "img-2", str(tmp_path / "dl2")).code == TERMINAL_FAILURE
 
 
 def test_list_newest_first_with_status_filter(stage: Stage) -> None:
@@ -398,6 +422,25 @@ def test_list_newest_first_with_status_filter(stage: Stage) -> None:
     (line,) = failed.out.splitlines()
     assert "b-failed" in line and "poisoned: poisoned happened" in line
     assert stage.cli("list", "--since", "1h", "--limit", "1", "--json").out.count('"id"') == 1
+
+
+def test_list_status_rejected_and_failed_means_failed_or_rejected(stage: Stage) -> None:
+    """After bad messages, "find what failed" must find the rejected ones too."""
+    stage.put("f-1", "error.json", error_json("f-1", "retries_exhausted", []))
+    stage.put("r-1", "error.json", error_json("r-1", "invalid_request", [], status="rejected"))
+    stage.put("ok-1", "manifest.json", manifest_json("ok-1", [attempt(1, "succeeded", "x")]))
+    stage.put("q-1", "status.json", status_json("q-1", "queued", []))
+
+    def ids(*argv: str) -> set[str]:
+        run = stage.cli("list", *argv, "--json")
+        assert run.code == 0, run.err
+        return {row["id"] for row in json.loads(run.out)}
+
+    assert ids("--status", "rejected") == {"r-1"}
+    assert ids("--status", "failed") == {"f-1"}
+    assert ids("--failed") == {"f-1", "r-1"}
+    both = stage.cli("list", "--failed", "--status", "queued")
+    assert both.code == 2 and "not allowed with argument" in both.err
 
 
 def test_list_of_a_container_not_created_yet_is_empty(stage: Stage) -> None:
@@ -583,9 +626,13 @@ def test_durations_and_metadata_parse() -> None:
             parse_since(bad)
 
 
-def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_exits_0_and_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"], environ={}) == 0
-    assert "requeue-poison" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "requeue-poison" in out
+    assert "4 no such request" in " ".join(out.split())
+    assert main(["status", "--help"], environ={}) == 0
+    assert "4 no such request" in " ".join(capsys.readouterr().out.split())
 
 
 # --- end to end: the host stand-in and the emulator -------------------------------------------------
@@ -614,8 +661,8 @@ def test_submit_wait_progress_out_and_report_through_the_host(
     request_id = captured.out.splitlines()[0]
     assert f"{request_id}: succeeded — 1 image, 2 calls" in captured.out
     assert f"{request_id}: queued" in captured.err or f"{request_id}: running" in captured.err
-    assert (out_dir / "0.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out_dir / "manifest.json").read_text())["id"] == request_id
+    assert (out_dir / request_id / "0.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out_dir / request_id / "manifest.json").read_text())["id"] == request_id
 
     failed_call = next(r for r in emulator.requests_log() if text in str(r["body"].get("prompt")))
     assert main(["report", "--since", "30m"], environ=env, cwd=tmp_path) == 0

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from devtools.services import stop_on_signals
 from devtools.soak.chaos import SoakAborted
 from devtools.soak.config import CI, FULL
 from devtools.soak.report import render
@@ -39,4 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with stop_on_signals():  # SIGTERM stops every child as Ctrl-C does
+        try:
+            sys.exit(main())
+        except KeyboardInterrupt:
+            sys.exit(130)

@@ -213,7 +213,7 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
     "rpm": (_rpm, "requests per minute per deployment, unless the deployment says otherwise"),
     "gateway_timeout_s": (_positive_float, "408 when no byte was sent for this long"),
     "fault_rate": (_rate, "probability of a mid-stream server_error at a long side >= 2048"),
-    "seed": (_seed, "seed of the random faults (omit for a random seed)"),
+    "seed": (_seed, "seed of the random faults"),
     "payload_scale": (_positive_float, "image byte sizes relative to the real service's"),
     "rate_model": (
         _choice(RateModel),
@@ -248,13 +248,18 @@ class _OneLineParser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m emulators.image_deployment",
-        description="Emulate an Azure OpenAI gpt-image deployment behind its 60 s gateway.",
+        description="Emulate an Azure OpenAI gpt-image deployment behind its 60 s gateway. "
+        "The images are synthetic placeholders (gradients and shapes derived from the prompt, "
+        "of the requested size and format), not generated pictures.",
         epilog="Every option can also be set as EMULATOR_<NAME>, e.g. EMULATOR_TIME_SCALE=0.01. "
         f"Scripted outcomes (POST /_emulator/script): {', '.join(KINDS)}; their fields are "
         "described in emulators/image_deployment/script.py.",
     )
+    defaults = Config()
     for name, (_, text) in _SCALARS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=text)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, help=_with_default(text, defaults, name)
+        )
     parser.add_argument(
         "--deployment",
         dest="deployment",
@@ -263,6 +268,19 @@ def parser() -> argparse.ArgumentParser:
         "(default gpt-image-2-1)",
     )
     return parser
+
+
+def _with_default(text: str, defaults: Config, name: str) -> str:
+    """The help with the value used when neither the flag nor EMULATOR_<NAME> is set.
+
+    Not argparse's own `%(default)s`: the parser's defaults stay None so that the environment
+    can still win over them.
+    """
+    if "default" in text:  # the help already says it, in its own words
+        return text
+    value = getattr(defaults, name)
+    shown = "random" if value is None else value.value if hasattr(value, "value") else value
+    return f"{text} (default: {shown})"
 
 
 def load(argv: Sequence[str], env: Mapping[str, str]) -> Config:

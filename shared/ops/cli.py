@@ -2,8 +2,9 @@
 
 Works from an operator's shell that has only the storage settings (no AZURE_OPENAI_*), reading
 `local.settings.json` in the current directory under the environment, as Core Tools does.
-Exit codes: 0 done, 1 a request failed (or is unknown, or not finished), 2 usage or settings,
-3 storage unreachable. Storage errors end in one line on stderr, never a traceback.
+Exit codes (`EXIT_CODES`): 0 done, 1 a request failed (or did not finish in time), 2 usage or
+settings, 3 storage unreachable, 4 no such request. Storage errors end in one line on stderr,
+never a traceback.
 
 This module parses arguments, says what happened and picks the exit code; what is done to the
 blobs and the queue is in `shared.ops.operations`.
@@ -44,7 +45,13 @@ from shared.records.documents import Status
 from shared.settings import OperatorSettings, SettingsError
 from shared.storage.store import StoreError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+EXIT_CODES = (
+    "Exit codes: 0 done, 1 a request failed (or did not finish in time), 2 usage or settings, "
+    "3 storage unreachable, 4 no such request."
+)
+# `list --failed`: every request that ended without images, whoever refused it.
+FAILED_STATUSES = frozenset({Status.FAILED.value, Status.REJECTED.value})
 # One quick retry, a second later: an operator at a prompt wants "unreachable" in seconds, not
 # the SDK's minutes. The SDK's default policy waits initial_backoff + increment_base ** n, so
 # 0 + 1 ** 1 = 1 s, without jitter.
@@ -108,7 +115,8 @@ def cmd_submit(args: argparse.Namespace, storage: Storage) -> int:
         return EXIT_FAILED
     print(summary(record))
     if args.out:
-        _download(storage, request_id, args.out)
+        # DIR/<id>/: a second submit to the same DIR keeps the first one's images and records.
+        _download(storage, request_id, str(Path(args.out) / request_id))
     return EXIT_OK if record.get("status") == "succeeded" else EXIT_FAILED
 
 
@@ -159,7 +167,7 @@ def cmd_status(args: argparse.Namespace, storage: Storage) -> int:
     record = storage.client.status(args.id)
     if record is None:
         _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
-        return EXIT_FAILED
+        return EXIT_NOT_FOUND
     print(json.dumps(record, indent=2, ensure_ascii=False) if args.json else summary(record))
     return EXIT_FAILED if record.get("status") in ("failed", "rejected") else EXIT_OK
 
@@ -168,7 +176,7 @@ def cmd_fetch(args: argparse.Namespace, storage: Storage) -> int:
     record = storage.client.status(args.id)
     if record is None:
         _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
-        return EXIT_FAILED
+        return EXIT_NOT_FOUND
     _download(storage, args.id, args.dir)
     status = record.get("status")
     if status != "succeeded":
@@ -187,7 +195,7 @@ def cmd_list(args: argparse.Namespace, storage: Storage) -> int:
         storage,
         now=datetime.now(UTC),
         since=args.since,
-        status=args.status,
+        statuses=FAILED_STATUSES if args.failed else {args.status} if args.status else None,
         limit=args.limit,
         on_unreadable=_skipped,
     )
@@ -366,11 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.ops",
         description="Submit image requests, follow them, and report failures for support.",
-        epilog="Exit codes: 0 done, 1 a request failed, 2 usage or settings, 3 storage unreachable.",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    submit = commands.add_parser("submit", help="validate and enqueue one request; print its id")
+    submit = commands.add_parser(
+        "submit", help="validate and enqueue one request; print its id", epilog=EXIT_CODES
+    )
     submit.add_argument("--prompt", required=True)
     submit.add_argument("--id")
     submit.add_argument("--operation", help="generate (default) or edit")
@@ -395,21 +405,33 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="show progress until it finishes")
     submit.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
     submit.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
-    submit.add_argument("--out", metavar="DIR", help="download the results here (implies --wait)")
+    submit.add_argument(
+        "--out", metavar="DIR", help="download the results to DIR/<id>/ (implies --wait)"
+    )
     submit.set_defaults(run=cmd_submit)
 
-    status = commands.add_parser("status", help="where a request stands")
+    status = commands.add_parser(
+        "status",
+        help="where a request stands (exit 1 failed or rejected, 4 no such request)",
+        epilog=EXIT_CODES,
+    )
     status.add_argument("id")
     status.add_argument("--json", action="store_true", help="the record itself, pretty-printed")
     status.set_defaults(run=cmd_status)
 
-    fetch = commands.add_parser("fetch", help="download a request's images and records")
+    fetch = commands.add_parser(
+        "fetch",
+        help="download a request's images and records into DIR (exit 4 no such request)",
+        epilog=EXIT_CODES,
+    )
     fetch.add_argument("id")
     fetch.add_argument("dir")
     fetch.set_defaults(run=cmd_fetch)
 
     listing = commands.add_parser("list", help="requests, newest first")
-    listing.add_argument("--status", choices=[s.value for s in Status] + ["unknown"])
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--status", choices=[s.value for s in Status] + ["unknown"])
+    which.add_argument("--failed", action="store_true", help="failed or rejected")
     listing.add_argument("--since", type=parse_since, help="e.g. 30m, 24h, 7d")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")

@@ -9,7 +9,7 @@ left to rise: the CLI turns them into one line.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -106,11 +106,11 @@ def find_requests(
     *,
     now: datetime,
     since: timedelta | None = None,
-    status: str | None = None,
+    statuses: Collection[str] | None = None,
     limit: int,
     on_unreadable: OnUnreadable = _ignore,
 ) -> list[FolderRecord]:
-    """Up to `limit` requests, newest first, whose status is `status` (any, when None).
+    """Up to `limit` requests, newest first, whose status is one of `statuses` (any, when None).
 
     Read in batches newest first until enough match: a status filter needs the records, and a
     container of many requests should not be read whole for the last ten.
@@ -120,7 +120,7 @@ def find_requests(
     batch = READ_THREADS * 4
     for start in range(0, len(folders), batch):
         for folder, record in storage.read_records(folders[start : start + batch], on_unreadable):
-            if status is None or record_status(record) == status:
+            if statuses is None or record_status(record) in statuses:
                 found.append((folder, record))
         if len(found) >= limit:
             break
