@@ -110,6 +110,25 @@ def check_storage_name(setting: str, value: str, what: str) -> str:
 
 
 _Url = Annotated[str, AfterValidator(_url)]
+
+
+def _appinsights(value: str) -> str:
+    # The Azure Monitor exporter would refuse it only at its first export, in a log line.
+    if "instrumentationkey=" not in value.replace(" ", "").lower():
+        raise ValueError(
+            "expected an Application Insights connection string "
+            "(InstrumentationKey=...;IngestionEndpoint=...)"
+        )
+    return value
+
+
+def _service_name(value: str) -> str:
+    if len(value) > 128 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError(f"expected up to 128 letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+_AppInsights = Annotated[str, AfterValidator(_appinsights)]
 _Container = Annotated[str, _storage_name("container")]
 _model_name = _one_of(*IMAGE_MODELS)
 _Model = Annotated[str, PlainValidator(_model_name)]
@@ -211,6 +230,15 @@ class Settings(OperatorSettings):
     # Attempts that could not reach the service at all (connect errors) allowed per delivery
     # before the invocation fails and the queue's own redelivery takes over.
     max_connect_errors: Annotated[int, _env("IMAGE_MAX_CONNECT_ERRORS"), _within(1, 50)] = 5
+    # Telemetry (README "Telemetry"): Azure Monitor, OTLP over HTTP, both, or neither (nothing set
+    # up at all). The connection string only names the resource; it stays out of repr all the same.
+    appinsights_connection_string: Annotated[
+        _AppInsights | None, _env("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    ] = field(default=None, repr=False)
+    otlp_endpoint: Annotated[_Url | None, _env("OTEL_EXPORTER_OTLP_ENDPOINT")] = None
+    service_name: Annotated[str, _env("OTEL_SERVICE_NAME"), AfterValidator(_service_name)] = (
+        "imagegen-functions"
+    )
 
     @property
     def poison_queue(self) -> str:

@@ -43,6 +43,7 @@ from shared.records.documents import (
 )
 from shared.records.history import CallHistory
 from shared.storage.store import ImageInfo, InputNotFound, LockHeld, RequestLock
+from shared.telemetry import NO_TRACE, Delivery, DeliveryTrace
 from shared.worker.router import Use
 from shared.worker.runtime import Runtime
 
@@ -83,15 +84,23 @@ class LockLost(RuntimeError):
     """The request's lease lapsed mid-work; another delivery may own it now."""
 
 
-def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
+def process_message(
+    body: bytes | str, message_id: str, rt: Runtime, *, delivery: Delivery | None = None
+) -> Result:
     rt.ensure_ready()
     try:
         request = parse_message(
             body, message_id=message_id, input_containers=rt.settings.input_containers
         )
     except InvalidMessage as exc:
-        return _reject_invalid(body, message_id, exc, rt)
-    return _Job(request, message_id, rt).run()
+        with rt.telemetry.delivery(message_id, None, delivery) as trace:
+            result = _reject_invalid(body, message_id, exc, rt)
+            trace.result(result)
+            return result
+    with rt.telemetry.delivery(message_id, request, delivery) as trace:
+        result = _Job(request, message_id, rt, trace=trace).run()
+        trace.result(result)
+        return result
 
 
 def _reject_invalid(body: bytes | str, message_id: str, exc: InvalidMessage, rt: Runtime) -> Result:
@@ -140,6 +149,7 @@ class _Job:
     started: float = 0.0  # monotonic start of this delivery, for the invocation's time budget
     delivery_started: float = 0.0  # the same moment on the wall clock (epoch seconds, ms floor)
     delivery_calls: int = 0
+    trace: DeliveryTrace = NO_TRACE  # this delivery's span (telemetry); does nothing when off
 
     @property
     def id(self) -> str:
@@ -341,6 +351,7 @@ class _Job:
                     claim.deployment.name, result.record, self.rt.monotonic(), ticket=claim.ticket
                 )
         record = result.record
+        self.trace.attempt(record, enqueued_at=self.created_at or None)
         self.delivery_calls += 1
         self.history.add(record, billed=lambda r: judge(r).billed)
         _log_attempt(self.id, record)
@@ -445,9 +456,8 @@ class _Job:
     def _send_continuation(self, delay_s: float) -> None:
         """Re-enqueue this request (with its id, so it keeps its folder) to run after `delay_s`."""
         visibility = max(1, math.ceil(delay_s))
-        self.rt.requests_queue.send_message(
-            self.request.to_message(), visibility_timeout=visibility
-        )
+        message = self.trace.carry(self.request).to_message()  # with this delivery's traceparent
+        self.rt.requests_queue.send_message(message, visibility_timeout=visibility)
 
 
 def _log_attempt(request_id: str, record: AttemptRecord) -> None:
