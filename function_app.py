@@ -9,6 +9,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared.settings import Settings
+from shared.telemetry import Delivery
 from shared.worker.pipeline import process_message
 from shared.worker.poisoned import record_poisoned
 from shared.worker.runtime import Runtime
@@ -20,9 +21,9 @@ runtime = Runtime.from_settings(Settings.from_env())
 @app.queue_trigger(
     arg_name="msg", queue_name="%IMAGE_REQUESTS_QUEUE%", connection="AzureWebJobsStorage"
 )
-def process_image_request(msg: func.QueueMessage) -> None:
+def process_image_request(msg: func.QueueMessage, context: func.Context) -> None:
     """One generation request: images and manifest.json, or error.json, or a continuation."""
-    process_message(msg.get_body(), msg.id, runtime)
+    process_message(msg.get_body(), msg.id, runtime, delivery=Delivery.of(msg, context))
 
 
 @app.queue_trigger(

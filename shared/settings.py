@@ -110,6 +110,25 @@ def check_storage_name(setting: str, value: str, what: str) -> str:
 
 
 _Url = Annotated[str, AfterValidator(_url)]
+
+
+def _appinsights(value: str) -> str:
+    # The Azure Monitor exporter would refuse it only at its first export, in a log line.
+    if "instrumentationkey=" not in value.replace(" ", "").lower():
+        raise ValueError(
+            "expected an Application Insights connection string "
+            "(InstrumentationKey=...;IngestionEndpoint=...)"
+        )
+    return value
+
+
+def _service_name(value: str) -> str:
+    if len(value) > 128 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError(f"expected up to 128 letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+_AppInsights = Annotated[str, AfterValidator(_appinsights)]
 _Container = Annotated[str, _storage_name("container")]
 _model_name = _one_of(*IMAGE_MODELS)
 _Model = Annotated[str, PlainValidator(_model_name)]
@@ -216,6 +235,15 @@ class Settings(OperatorSettings):
     # Streams (calls in flight) one process holds at once, across the images of every invocation:
     # host.json's batchSize + newBatchThreshold invocations, fanned out to their n images.
     max_streams: Annotated[int, _env("IMAGE_MAX_STREAMS"), _within(1, 256)] = 32
+    # Telemetry (README "Telemetry"): Azure Monitor, OTLP over HTTP, both, or neither (nothing set
+    # up at all). The connection string only names the resource; it stays out of repr all the same.
+    appinsights_connection_string: Annotated[
+        _AppInsights | None, _env("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    ] = field(default=None, repr=False)
+    otlp_endpoint: Annotated[_Url | None, _env("OTEL_EXPORTER_OTLP_ENDPOINT")] = None
+    service_name: Annotated[str, _env("OTEL_SERVICE_NAME"), AfterValidator(_service_name)] = (
+        "imagegen-functions"
+    )
 
     @property
     def poison_queue(self) -> str:

@@ -86,6 +86,7 @@ def test_minimal_message_takes_every_default() -> None:
         "input_fidelity": None,
         "user": None,
         "metadata": {},
+        "traceparent": None,
     }
 
 
@@ -114,6 +115,7 @@ def test_default_id_fills_an_absent_or_null_id_but_not_a_given_one() -> None:
         ("input_fidelity", None),
         ("user", None),
         ("metadata", {}),
+        ("traceparent", None),
     ],
 )
 def test_null_means_absent_and_the_default_applies(field: str, default: Any) -> None:
@@ -125,7 +127,7 @@ def test_every_optional_field_is_covered_by_the_null_test() -> None:
     assert set(FIELDS) - {"prompt"} == {
         "id", "operation", "size", "quality", "n", "output_format", "output_compression",
         "background", "moderation", "partial_images", "save_partials", "input_images", "mask",
-        "input_fidelity", "user", "metadata",
+        "input_fidelity", "user", "metadata", "traceparent",
     }  # fmt: skip
 
 
@@ -980,8 +982,9 @@ def test_request_hash_differs_when_any_field_differs(change: dict[str, Any]) -> 
 
 def test_request_hash_is_sha256_of_the_canonical_json_of_every_field() -> None:
     request = validate_request({"prompt": "😀", "metadata": {"b": "1", "a": "2"}}, default_id="r")
-    dumped = request.model_dump(mode="json")
-    assert set(dumped) == set(FIELDS)  # None fields and defaults included
+    dumped = request.model_dump(mode="json", exclude={"traceparent"})
+    # None fields and defaults included; only how the request travels (its trace) is not.
+    assert set(dumped) == set(FIELDS) - {"traceparent"}
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert request.request_hash() == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -1130,3 +1133,42 @@ def test_the_schema_patterns_reject_what_the_validator_rejects() -> None:
     ):
         assert not re.match(BLOB_PATH_PATTERN, path), path
     assert not re.match(MASK_PATTERN, "inputs/m.jpg")
+
+
+# --- traceparent ---------------------------------------------------------------------------------
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_traceparent_is_carried_and_left_out_of_the_request_hash() -> None:
+    traced = ok(traceparent=TRACEPARENT)
+    assert traced.traceparent == TRACEPARENT
+    assert json.loads(traced.to_message())["traceparent"] == TRACEPARENT
+    assert traced.request_hash() == ok().request_hash()
+    assert traced.request_hash() != ok(n=2, traceparent=TRACEPARENT).request_hash()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ],
+)
+def test_traceparent_must_be_w3c_version_00(value: str) -> None:
+    assert error(traceparent=value).startswith(
+        "traceparent: expected a W3C traceparent '00-<32 hex>-<16 hex>-<2 hex>' (lowercase), got "
+    )
+
+
+def test_all_zero_trace_ids_are_refused() -> None:
+    zero_trace = f"00-{'0' * 32}-b7ad6b7169203331-01"
+    zero_span = f"00-0af7651916cd43dd8448eb211c80319c-{'0' * 16}-01"
+    for value in (zero_trace, zero_span):
+        assert error(traceparent=value) == (
+            "traceparent: an all-zero trace id or parent id is invalid (W3C trace context)"
+        )
+    assert error(traceparent=5) == "traceparent: expected a string, got integer 5"

@@ -52,6 +52,11 @@ EXPRESSION_SETTINGS = {
     "AZURE_OPENAI_ENDPOINT",
 }
 PLACEHOLDER = "https://placeholder.invalid"
+# What Azure puts in a setting whose form the app checks, where a URL is not that form.
+PLACEHOLDERS = {
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+    "IngestionEndpoint=https://placeholder.invalid/",
+}
 
 
 def strip_comment(line: str) -> str:
@@ -129,9 +134,13 @@ def test_the_app_starts_with_the_settings_the_bicep_deploys() -> None:
     deployed = deployed_settings()
     unresolved = {name for name, value in deployed.items() if value is None}
     assert unresolved == EXPRESSION_SETTINGS, "a literal setting was not read, or a new expression"
-    env = {name: PLACEHOLDER if value is None else value for name, value in deployed.items()}
+    env = {
+        name: PLACEHOLDERS.get(name, PLACEHOLDER) if value is None else value
+        for name, value in deployed.items()
+    }
 
     settings = Settings.from_env(env)
+    assert settings.appinsights_connection_string is not None, "telemetry goes to App Insights"
 
     assert settings.storage.uses_identity
     assert settings.storage.blob_service_uri == PLACEHOLDER

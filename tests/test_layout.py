@@ -13,15 +13,17 @@ SHARED = Path(__file__).resolve().parent.parent / "shared"
 # package -> the shared packages it must never import
 FORBIDDEN: dict[str, set[str]] = {
     # The wire reports what happened; it never decides what to do next.
-    "azure_openai": {"policy", "worker", "storage", "ops", "client"},
+    "azure_openai": {"policy", "worker", "storage", "ops", "client", "telemetry"},
     # Pure policy: no I/O layer below it.
-    "policy": {"azure_openai", "storage", "worker", "ops", "client"},
+    "policy": {"azure_openai", "storage", "worker", "ops", "client", "telemetry"},
     # Producers vendor the client and the contract: nothing of the worker may come along.
     "client": {"worker", "policy", "azure_openai", "storage", "ops", "settings"},
     "contract": {"worker", "policy", "azure_openai", "storage", "ops", "client", "records"},
     "records": {"worker", "policy", "azure_openai", "storage", "ops", "client", "contract"},
     # Operators' tools work beside a running app, never through its wiring.
     "ops": {"worker"},
+    # Telemetry observes what the worker and the store report; it decides and fetches nothing.
+    "telemetry": {"worker", "policy", "azure_openai", "storage", "ops", "client"},
 }
 
 

@@ -338,3 +338,49 @@ def test_values_are_built_directly_without_the_environment() -> None:
     s = Settings(storage=StorageConfig(connection_string="x"), deployments=(d,), max_attempts=2)
     assert replace(s, max_attempts=3).max_attempts == 3
     assert s.request_deadline_s == Settings.from_env(BASE).request_deadline_s
+
+
+APPINSIGHTS = "InstrumentationKey=11111111-2222-3333-4444-555555555555;IngestionEndpoint=https://x/"
+
+
+def test_telemetry_settings_default_to_off_and_are_read() -> None:
+    off = Settings.from_env(BASE)
+    assert (off.appinsights_connection_string, off.otlp_endpoint) == (None, None)
+    assert off.service_name == "imagegen-functions"
+    on = Settings.from_env(
+        {
+            **BASE,
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": APPINSIGHTS,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/",
+            "OTEL_SERVICE_NAME": "imagegen-eu",
+        }
+    )
+    assert on.appinsights_connection_string == APPINSIGHTS
+    assert on.otlp_endpoint == "http://127.0.0.1:4318"
+    assert on.service_name == "imagegen-eu"
+    assert "11111111" not in repr(on), "the connection string stays out of repr"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"APPLICATIONINSIGHTS_CONNECTION_STRING": "IngestionEndpoint=https://x/"},
+            "APPLICATIONINSIGHTS_CONNECTION_STRING: expected an Application Insights connection "
+            "string (InstrumentationKey=...;IngestionEndpoint=...)",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT: expected an http(s) URL, got '127.0.0.1:4318'",
+        ),
+        (
+            {"OTEL_SERVICE_NAME": "image gen"},
+            "OTEL_SERVICE_NAME: expected up to 128 letters, digits, '.', '_' or '-', "
+            "got 'image gen'",
+        ),
+    ],
+)
+def test_bad_telemetry_settings_are_named(override: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, **override})
+    assert str(info.value) == message

@@ -66,6 +66,9 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _CONTAINER_RE = re.compile(CONTAINER_PATTERN)
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+# Fields that say how a request is carried, not what it asks for: outside the request hash.
+NOT_HASHED = frozenset({"traceparent"})
 
 Operation = Literal["generate", "edit"]
 Quality = Literal["low", "medium", "high", "auto"]
@@ -271,6 +274,12 @@ class GenerationRequest(BaseModel):
         default_factory=dict,
         description="Flat object of string to string, echoed into the manifest.",
     )
+    traceparent: str | None = Field(
+        default=None,
+        description="W3C trace context (version 00: '00-<32 hex trace id>-<16 hex span id>-<2 hex "
+        "flags>') the request's spans join; continuations carry the last delivery's. Not part of "
+        "the request: the request hash leaves it out.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -279,6 +288,21 @@ class GenerationRequest(BaseModel):
         if isinstance(data, Mapping):
             return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
         return data
+
+    @field_validator("traceparent")
+    @classmethod
+    def _w3c_traceparent(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _TRACEPARENT_RE.fullmatch(value)
+        if match is None:
+            raise _fail(
+                "expected a W3C traceparent '00-<32 hex>-<16 hex>-<2 hex>' (lowercase), "
+                f"got {quote(value, 80)}"
+            )
+        if set(match.group(1)) == {"0"} or set(match.group(2)) == {"0"}:
+            raise _fail("an all-zero trace id or parent id is invalid (W3C trace context)")
+        return value
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -340,9 +364,15 @@ class GenerationRequest(BaseModel):
         return value
 
     def request_hash(self) -> str:
-        """sha256 of every validated field, defaults applied: tells "id reused" from a redelivery."""
+        """sha256 of every validated field, defaults applied: tells "id reused" from a redelivery.
+
+        `traceparent` is left out: a continuation carries a new one, and stays the same request.
+        """
         canonical = json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            self.model_dump(mode="json", exclude=NOT_HASHED),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -613,6 +643,7 @@ def json_schema() -> dict[str, Any]:
     props["input_images"]["anyOf"][0]["items"] = {"type": "string", "pattern": BLOB_PATH_PATTERN}
     props["mask"]["anyOf"][0]["pattern"] = MASK_PATTERN
     props["metadata"]["additionalProperties"] = {"type": "string"}
+    props["traceparent"]["anyOf"][0]["pattern"] = f"^{_TRACEPARENT_RE.pattern}$"
     for name in FIELDS:
         if name != "prompt":
             props[name] = _nullable(props[name])

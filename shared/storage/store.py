@@ -40,6 +40,7 @@ from shared.records.imageinfo import (
     image_format,
     normalise_format,
 )
+from shared.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +273,12 @@ class RequestLock:
 class RequestStore:
     """Reads and writes one container's request folders; the caller supplies every document."""
 
-    def __init__(self, blobs: BlobServiceClient, container: str) -> None:
+    def __init__(
+        self, blobs: BlobServiceClient, container: str, *, telemetry: Telemetry | None = None
+    ) -> None:
         self._blobs = blobs
         self.container = container
+        self._telemetry = telemetry or Telemetry.disabled()  # a span per write when enabled
         self._container = blobs.get_container_client(container)
 
     def ensure_container(self) -> None:
@@ -308,13 +312,15 @@ class RequestStore:
     def write_status(self, id: str, doc: dict[str, Any], lease: RequestLock | None = None) -> None:
         """Overwrite status.json; while the request is locked, only the lock's holder may."""
         blob = self._blob(id, STATUS)
+        data = dumps(doc)
         try:
-            blob.upload_blob(
-                dumps(doc),
-                overwrite=True,
-                content_settings=ContentSettings(content_type=JSON_CONTENT_TYPE),
-                lease=lease.lease_id if lease is not None else None,
-            )
+            with self._telemetry.blob_write("status", blob.blob_name, len(data)):
+                blob.upload_blob(
+                    data,
+                    overwrite=True,
+                    content_settings=ContentSettings(content_type=JSON_CONTENT_TYPE),
+                    lease=lease.lease_id if lease is not None else None,
+                )
         except HttpResponseError as exc:
             if exc.status_code != 412:
                 raise
@@ -326,12 +332,14 @@ class RequestStore:
         """Write manifest.json or error.json only if it does not exist yet; False if it did."""
         if name not in (MANIFEST, ERROR):
             raise ValueError(f"name: {name!r} is not a create-only record")
+        blob, data = self._blob(id, name), dumps(doc)
         try:
-            self._blob(id, name).upload_blob(
-                dumps(doc),
-                overwrite=False,  # sends If-None-Match: *, so the check and the write are one step
-                content_settings=ContentSettings(content_type=JSON_CONTENT_TYPE),
-            )
+            with self._telemetry.blob_write(name.removesuffix(".json"), blob.blob_name, len(data)):
+                blob.upload_blob(
+                    data,
+                    overwrite=False,  # sends If-None-Match: *: the check and the write are one step
+                    content_settings=ContentSettings(content_type=JSON_CONTENT_TYPE),
+                )
         except ResourceExistsError:
             return False
         return True
@@ -412,27 +420,29 @@ class RequestStore:
                 log.warning(
                     "usage of %s is %s bytes; not kept in metadata", info.blob, len(encoded)
                 )
-        self._container.get_blob_client(info.blob).upload_blob(
-            data,
-            overwrite=True,
-            content_settings=ContentSettings(content_type=info.content_type),
-            metadata=metadata,
-        )
+        with self._telemetry.blob_write("image", info.blob, info.bytes):
+            self._container.get_blob_client(info.blob).upload_blob(
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=info.content_type),
+                metadata=metadata,
+            )
         return info
 
     def write_partial(self, id: str, index: int, partial_index: int, data: bytes, fmt: str) -> str:
         """Store one partial image (save_partials); returns its blob name."""
         name = partial_blob_name(id, index, partial_index, fmt)
-        self._container.get_blob_client(name).upload_blob(
-            data,
-            overwrite=True,
-            content_settings=ContentSettings(content_type=content_type(fmt)),
-            metadata={
-                "request_id": id,
-                "image_index": str(index),
-                "partial_index": str(partial_index),
-            },
-        )
+        with self._telemetry.blob_write("partial", name, len(data)):
+            self._container.get_blob_client(name).upload_blob(
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=content_type(fmt)),
+                metadata={
+                    "request_id": id,
+                    "image_index": str(index),
+                    "partial_index": str(partial_index),
+                },
+            )
         return name
 
     # -- lock ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ after `maxDequeueCount`, a poison message. Nothing is acknowledged without a rec
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import re
@@ -45,6 +46,7 @@ from shared.records.documents import (
 )
 from shared.records.history import CallHistory
 from shared.storage.store import ImageInfo, InputNotFound, LockHeld, RequestLock
+from shared.telemetry import NO_TRACE, Delivery, DeliveryTrace
 from shared.worker.router import Use
 from shared.worker.runtime import Runtime
 
@@ -85,7 +87,9 @@ class LockLost(RuntimeError):
     """The request's lease lapsed mid-work; another delivery may own it now."""
 
 
-def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
+def process_message(
+    body: bytes | str, message_id: str, rt: Runtime, *, delivery: Delivery | None = None
+) -> Result:
     rt.ensure_ready()
     try:
         request = parse_message(
@@ -95,8 +99,14 @@ def process_message(body: bytes | str, message_id: str, rt: Runtime) -> Result:
             models=deployment_models(rt),
         )
     except InvalidMessage as exc:
-        return _reject_invalid(body, message_id, exc, rt)
-    return _Job(request, message_id, rt).run()
+        with rt.telemetry.delivery(message_id, None, delivery) as trace:
+            result = _reject_invalid(body, message_id, exc, rt)
+            trace.result(result)
+            return result
+    with rt.telemetry.delivery(message_id, request, delivery) as trace:
+        result = _Job(request, message_id, rt, trace=trace).run()
+        trace.result(result)
+        return result
 
 
 def deployment_models(rt: Runtime) -> tuple[str, ...]:
@@ -155,6 +165,7 @@ class _Job:
     # the first image to end the delivery (give up, re-enqueue, fail) stops the others' next step.
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    trace: DeliveryTrace = NO_TRACE  # this delivery's span (telemetry); does nothing when off
 
     @property
     def id(self) -> str:
@@ -282,7 +293,11 @@ class _Job:
         if len(missing) <= 1:
             return [e for e in (self._generate(i, inputs) for i in missing) if e is not None]
         with ThreadPoolExecutor(len(missing), thread_name_prefix=f"image-{self.id}") as pool:
-            futures = [pool.submit(self._generate, index, inputs) for index in missing]
+            # Each thread in a copy of this one's context: blob-write spans nest under the delivery.
+            futures = [
+                pool.submit(contextvars.copy_context().run, self._generate, index, inputs)
+                for index in missing
+            ]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]  # type: ignore[misc]  # LockLost, or a storage error: redeliver
@@ -405,6 +420,7 @@ class _Job:
                         ticket=claim.ticket,
                     )  # fmt: skip
         record = result.record
+        self.trace.attempt(record, enqueued_at=self.created_at or None)
         _log_attempt(self.id, record)
         with self._mutex:
             self.delivery_calls += 1
@@ -526,9 +542,8 @@ class _Job:
     def _send_continuation(self, delay_s: float) -> None:
         """Re-enqueue this request (with its id, so it keeps its folder) to run after `delay_s`."""
         visibility = max(1, math.ceil(delay_s))
-        self.rt.requests_queue.send_message(
-            self.request.to_message(), visibility_timeout=visibility
-        )
+        message = self.trace.carry(self.request).to_message()  # with this delivery's traceparent
+        self.rt.requests_queue.send_message(message, visibility_timeout=visibility)
 
 
 def _log_attempt(request_id: str, record: AttemptRecord) -> None:

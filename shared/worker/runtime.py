@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.storage.clients import blob_service, queue_service
 from shared.storage.quota import BlobPacer
 from shared.storage.store import RequestStore
+from shared.telemetry import Telemetry, telemetry_from_settings
 from shared.worker.router import QuotaGate, Router
 
 
@@ -51,6 +52,7 @@ class Runtime:
     streams: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(32)
     )
+    telemetry: Telemetry = field(default_factory=Telemetry.disabled)
     _ready: bool = False
     _ready_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,9 +60,10 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> Runtime:
         queues = queue_service(settings.storage)
         blobs = blob_service(settings.storage)
+        telemetry = telemetry_from_settings(settings)
         return cls(
             settings=settings,
-            store=RequestStore(blobs, settings.images_container),
+            store=RequestStore(blobs, settings.images_container, telemetry=telemetry),
             requests_queue=queues.get_queue_client(settings.requests_queue),
             api=ImageApi(
                 api_version=settings.api_version,
@@ -70,6 +73,7 @@ class Runtime:
             router=Router.from_settings(settings, quota_gate(settings, blobs)),
             planner=Planner.from_settings(settings),
             streams=threading.BoundedSemaphore(settings.max_streams),
+            telemetry=telemetry,
         )
 
     def ensure_ready(self) -> None:
