@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,8 @@ class StackOptions:
     thread_count: int | None = None  # PYTHON_THREADPOOL_THREAD_COUNT; None = the worker default
     connection_string: str | None = None  # None: start a private in-memory Azurite
     extra_settings: Mapping[str, str] = field(default_factory=dict)
+    hosts: int = 1  # instances of the app on one queue, container and pace blob
+    emulator_extra: tuple[str, ...] = ()  # more emulator options (rate model, admit fraction)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class BenchStack:
     log_dir: Path
     settings: dict[str, str]
     azurite: Service | None = None  # None when a connection string was given
+    more_hosts: tuple[Service, ...] = ()  # StackOptions.hosts beyond the first
 
     def emulator_requests(self) -> list[dict[str, Any]]:
         """The emulator's request log: every call it answered, with status and outcome."""
@@ -163,6 +166,7 @@ def _emulator_args(options: StackOptions) -> tuple[str, ...]:
         "--gateway-timeout-s", str(options.gateway_timeout_s),
         "--fault-rate", "0",
         "--seed", "1",
+        *options.emulator_extra,
     )  # fmt: skip
 
 
@@ -232,21 +236,24 @@ def bench_stack(options: StackOptions, log_dir: Path | None = None) -> Iterator[
             settings["IMAGE_QUOTA_CONTAINER"]
         )
         cleanup.callback(_delete_quietly, quota.delete_container)
-        host_log = logs / "host.log"
-        host = start_host(
-            settings,
-            host_log,
-            ready=lambda: (
-                host_log.exists() and HOST_READY_LINE in host_log.read_text("utf-8", "replace")
-            ),
-        )
-        cleanup.callback(host.stop)
+        hosts = []
+        for index in range(options.hosts):
+            host_log = logs / ("host.log" if index == 0 else f"host-{index}.log")
+            started = start_host(settings, host_log, ready=_ready(host_log))
+            cleanup.callback(started.stop)
+            hosts.append(started)
+        host = hosts[0]
         client = ImageRequestClient(
             queue, container, input_containers=(settings["IMAGE_INPUT_CONTAINERS"],)
         )
         yield BenchStack(
-            connection_string, url, host, emulator, client, container, logs, settings, storage
-        )
+            connection_string, url, host, emulator, client, container, logs, settings, storage,
+            tuple(hosts[1:]),
+        )  # fmt: skip
+
+
+def _ready(host_log: Path) -> Callable[[], bool]:
+    return lambda: host_log.exists() and HOST_READY_LINE in host_log.read_text("utf-8", "replace")
 
 
 def _delete_quietly(delete: Any) -> None:
