@@ -1,4 +1,5 @@
-"""The local stack for `make demo` and `make run`: Azurite, the emulator and the host stand-in.
+"""The local stack for `make demo` and `make run`: Azurite, the emulator and the host stand-in,
+with the downstream sample (samples/downstream) in a second host stand-in beside it.
 
 Each piece is started only if needed (Azurite if nothing listens; the emulator unless
 AZURE_OPENAI_ENDPOINT names a remote deployment) and stopped by its pid on exit.
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from devtools import azurite
+from devtools.downstream import CATALOGUE_CONTAINER, start_downstream
 from devtools.services import (
     REPO_ROOT,
     Service,
@@ -116,6 +118,7 @@ class Stack:
     settings: dict[str, str]
     services: list[Service] = field(default_factory=list)
     emulator_url: str | None = None
+    downstream: Service | None = None
     log_dir: Path = REPO_ROOT / "out" / "logs"
 
 
@@ -169,6 +172,15 @@ def local_stack(
             print(
                 f"started the emulator on {url} (pid {emulator.pid}, clock x{time_scale}, fault rate {fault_rate})"
             )
+        downstream = start_downstream(settings, stack.log_dir / "downstream.log")
+        cleanup.callback(downstream.stop)
+        stack.services.append(downstream)  # before the product host, which `main` waits on last
+        stack.downstream = downstream
+        print(
+            f"started the downstream sample (samples/downstream) in a second host stand-in "
+            f"(pid {downstream.pid}): each manifest.json -> thumbnails and an index line in "
+            f"{CATALOGUE_CONTAINER}/; log: {stack.log_dir / 'downstream.log'}"
+        )
         host = start_host(settings, stack.log_dir / "host.log")
         cleanup.callback(host.stop)
         stack.services.append(host)
