@@ -43,10 +43,10 @@ emulator: setup ## Run the gpt-image deployment emulator in the foreground (EMUL
 azurite: setup ## Run Azurite (in memory) in the foreground
 	$(PY) -m devtools azurite
 
-demo: setup ## The main job end to end: Azurite, emulator, host; three requests; results in ./out/
+demo: setup ## The main job end to end: Azurite, emulator, host; three requests; results in ./out/; the downstream sample catalogues them
 	$(PY) -m devtools.demo $(ARGS)
 
-run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote) and the host, until Ctrl-C
+run: setup ## Azurite, emulator (unless AZURE_OPENAI_ENDPOINT is remote), the host and the downstream sample, until Ctrl-C
 	$(PY) -m devtools.stack
 
 bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail

@@ -150,6 +150,9 @@ class ImageRequestClient:
             data = self.container.download_blob(blob).readall()
         except ResourceNotFoundError:
             return None
+        if name == "status.json" and data.strip() == b"{}":
+            # The worker's placeholder for the request's lease: taken, nothing written in it yet.
+            return None
         return parse_document(name, data, where=f"{self.container.container_name}/{blob}")
 
     def terminal(self, request_id: str) -> Manifest | ErrorRecord | None:
