@@ -43,10 +43,10 @@ emulator: setup ## Run the gpt-image deployment emulator in the foreground (EMUL
 azurite: setup ## Run Azurite in the foreground, in memory (ARGS="--persist DIR --blob-port N ..."; ARGS=--help)
 	$(PY) -m devtools azurite $(ARGS)
 
-demo: setup ## The main job end to end: Azurite (in memory), emulator, host; three requests; results in ./out/<id>/; then it stops
+demo: setup ## The main job end to end: Azurite (in memory), emulator, host and the downstream sample; three requests; results in ./out/<id>/; then it stops
 	$(PY) -m devtools.demo $(ARGS)
 
-run: setup ## Azurite (data kept in .azurite/), emulator, host, until Ctrl-C; for your requests (ARGS="--time-scale 0.1 ..."; ARGS=--help)
+run: setup ## Azurite (data kept in .azurite/), emulator, host and the downstream sample, until Ctrl-C (ARGS="--time-scale 0.1 ..."; ARGS=--help)
 	$(PY) -m devtools.stack $(ARGS)
 
 bench: setup ## Benchmarks (SSE decoding, end to end, quota use, memory): tables, never a pass/fail (ARGS="NAME [options]"; ARGS=--help)

@@ -128,7 +128,7 @@ class BenchStack:
         record = self.client.status(request_id)
         if record is None:
             raise KeyError(request_id)
-        return record
+        return record.model_dump(mode="json")
 
     def read_records(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {request_id: self.read_record(request_id) for request_id in ids}

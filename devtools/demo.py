@@ -1,8 +1,10 @@
 """`make demo`: the main job end to end on local defaults, in about a minute.
 
 Starts what is missing (Azurite, the emulator with a scaled clock and some faults, the host
-stand-in running function_app.py), enqueues three requests that meet the ticket's failures,
-shows progress, copies the results to ./out/<id>/ and prints a table. Exits 1 if a request failed.
+stand-in running function_app.py, and the downstream sample in a second one), enqueues three
+requests that meet the ticket's failures, shows progress, copies the results to ./out/<id>/ and
+prints a table, then what the downstream sample catalogued for each. Exits 1 if a request failed
+or a succeeded one was not catalogued.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from typing import Any
 
 import requests
 
+from devtools.downstream import (
+    INDEX_BLOB,
+    catalogue_container,
+    catalogue_report,
+    wait_catalogued,
+)
 from devtools.services import REPO_ROOT, stop_on_signals
 from devtools.stack import local_stack
-from shared.client.producer import ImageRequestClient
+from shared.client.producer import ErrorRecord, ImageRequestClient, Manifest
 
 PROMPT_JPEG = "a lighthouse at dusk, watercolour"
 
@@ -60,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for all requests"
     )
+    parser.add_argument(
+        "--catalogue-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the downstream sample to catalogue the succeeded requests",
+    )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -84,14 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         results = watch(client, ids, timeout=args.timeout, started=started)
         for request_id in ids:
             client.fetch(request_id, REPO_ROOT / "out" / request_id)
+        succeeded = [i for i in ids if results[i].get("status") == "succeeded"]
+        catalogue = catalogue_container(settings)
+        lines = wait_catalogued(catalogue, succeeded, timeout=args.catalogue_timeout)
+        catalogued = catalogue_report(catalogue, ids, lines)
     print()
     print(table(ids, results))
+    print(f"\ndownstream sample (catalogue/{INDEX_BLOB} and thumbnails):")
+    print("\n".join(f"  {line}" for line in catalogued))
     print(f"\nresults in {REPO_ROOT / 'out'}/<id>/; total {time.monotonic() - started:.1f}s")
-    failed = [i for i in ids if results[i].get("status") != "succeeded"]
+    failed = [i for i in ids if i not in succeeded]
     if failed:
         print(f"not succeeded: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    missing = [i for i in succeeded if i not in lines]
+    if missing:
+        print(f"not catalogued downstream: {', '.join(missing)}", file=sys.stderr)
+    return 1 if failed or missing else 0
 
 
 def watch(
@@ -105,7 +127,8 @@ def watch(
         for request_id in ids:
             if request_id in results:
                 continue
-            record = client.status(request_id) or {"status": "unknown"}
+            found = client.status(request_id)
+            record = found.model_dump(mode="json") if found is not None else {"status": "unknown"}
             attempts = record.get("attempts", [])
             last = attempts[-1] if attempts else {}
             marker = (record.get("status"), record.get("images_done"), len(attempts))
@@ -116,7 +139,7 @@ def watch(
                     + (f", attempt {len(attempts)}: {last.get('outcome')}" if last else "")
                     + (f" after {last.get('partials_received', 0)} partial(s)" if last else "")
                 )
-            if "schema" in record:  # manifest.json or error.json: finished
+            if isinstance(found, Manifest | ErrorRecord):
                 results[request_id] = record
         time.sleep(0.5)
     for request_id in ids:

@@ -1,4 +1,5 @@
-"""The local stack for `make demo` and `make run`: Azurite, the emulator and the host stand-in.
+"""The local stack for `make demo` and `make run`: Azurite, the emulator and the host stand-in,
+with the downstream sample (samples/downstream) in a second host stand-in beside it.
 
 Each piece is started only if needed (Azurite if nothing listens on its ports; the emulator unless
 AZURE_OPENAI_ENDPOINT names a remote deployment) and stopped by its pid on exit, on Ctrl-C and on
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 from devtools import azurite
 from devtools.cli import HelpFormatter, add_port_options, ports_of, positive, rate
 from devtools.cli import port as port_number
+from devtools.downstream import CATALOGUE_CONTAINER, start_downstream
 from devtools.logs import RunLogs
 from devtools.services import (
     REPO_ROOT,
@@ -136,6 +138,7 @@ class Stack:
     emulator_url: str | None = None
     log_dir: Path = LOG_DIR
     host: Service | None = None
+    downstream: Service | None = None
 
 
 @contextmanager
@@ -188,6 +191,13 @@ def local_stack(
                 f"started the emulator on {stack.emulator_url} (pid {emulator.pid}, "
                 f"clock x{time_scale:g}, fault rate {fault_rate:g})"
             )
+        downstream_log = logs.path("downstream")
+        stack.downstream = keep(start_downstream(settings, downstream_log))
+        print(
+            f"started the downstream sample (samples/downstream) in a second host stand-in "
+            f"(pid {stack.downstream.pid}): each manifest.json -> thumbnails and an index line in "
+            f"{CATALOGUE_CONTAINER}/; log: {downstream_log}"
+        )
         host_log = logs.path("host")
         stack.host = keep(start_host(settings, host_log))
         print(

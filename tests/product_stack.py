@@ -46,7 +46,7 @@ class Product:
 
     def wait_terminal(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
         try:
-            return self.client.wait(request_id, timeout=timeout, poll_s=0.1)
+            return self.client.wait(request_id, timeout=timeout, poll_s=0.1).model_dump(mode="json")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- host log ---\n{self.host.log_tail(60)}") from None
 

@@ -17,6 +17,7 @@ from PIL import Image
 from product_stack import Product
 
 from devtools.services import wait_until
+from shared.records.models import Manifest, Status, StatusDoc
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +53,23 @@ def test_partial_images_zero_is_raised_and_2048_high_succeeds(
     assert manifest["schema"] == "imagegen.manifest/1"
     assert manifest["attempts"][0]["apim_request_id"] == call["apim_request_id"]
     assert product.read_json(rid, "status.json")["status"] == "succeeded"
+
+
+def test_the_client_returns_the_stored_documents_as_their_models(product: Product) -> None:
+    rid = product.client.submit({"prompt": prompt("typed"), "size": "1024x1024", "quality": "low"})
+    manifest = product.client.wait(rid, timeout=60, poll_s=0.1)
+    assert isinstance(manifest, Manifest) and manifest.succeeded
+    # What the pipeline stored reads back to the same JSON, field for field.
+    assert manifest.model_dump(mode="json") == product.read_json(rid, "manifest.json")
+    assert manifest.images[0].blob == f"{rid}/0.png" and manifest.request["id"] == rid
+    data = product.container.download_blob(manifest.images[0].blob).readall()
+    assert hashlib.sha256(data).hexdigest() == manifest.images[0].sha256
+    assert product.client.status(rid) == manifest  # the terminal record wins over status.json
+    stored_status = product.read_json(rid, "status.json")
+    assert stored_status is not None and stored_status["schema"] == "imagegen.status/1"
+    status = StatusDoc.model_validate(stored_status)
+    assert status.status is Status.SUCCEEDED and status.finished
+    assert status.model_dump(mode="json") == stored_status
 
 
 def test_gateway_timeout_is_retried_with_one_more_partial(

@@ -355,8 +355,16 @@ def test_status_summary_json_and_exit_codes(stage: Stage) -> None:
         "last call: gateway_timeout on gpt-image-2-1, HTTP 408, apim-request-id apim-408" in run.out
     )
 
+    # The document as its model reads it: everything stored, plus what a document written before
+    # a field existed reads as (the status schema version, the call counts).
     as_json = stage.cli("status", "run-1", "--json")
-    assert json.loads(as_json.out) == stage.get("run-1", "status.json")
+    stored = stage.get("run-1", "status.json")
+    assert json.loads(as_json.out) == {
+        "schema": "imagegen.status/1",
+        **stored,
+        "outcome_counts": {"gateway_timeout": 1},
+        "calls": 1,
+    }
 
     # The terminal record wins over status.json.
     stage.put("run-1", "error.json", error_json("run-1", "retries_exhausted", []))

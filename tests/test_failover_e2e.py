@@ -147,7 +147,7 @@ class Fleet:
                 records.append(
                     self.client.wait(
                         request_id, timeout=max(0.1, deadline - time.monotonic()), poll_s=0.1
-                    )
+                    ).model_dump(mode="json")
                 )
             except TimeoutError as exc:
                 logs = "\n".join(

@@ -1,7 +1,8 @@
 """A producer's client: submit generation requests and follow them to their images.
 
-Needs only this module, the contract, the record shapes (records, attempts) and the Azure SDKs
-(no app settings), so another Python service can vendor it. It validates with the same contract the function uses, so a bad request
+Needs only this module, the contract, the record models (`shared.records`) and the Azure SDKs
+(no app settings), so another Python service can vendor it. `status` and `wait` return the
+documents as models (`Manifest`, `ErrorRecord`, `StatusDoc`), whose JSON Schemas are in `schemas/`. It validates with the same contract the function uses, so a bad request
 fails here, in the producer, with the same message it would get in error.json.
 """
 
@@ -23,9 +24,27 @@ from shared.contract.models import DEFAULT_MODELS
 from shared.contract.request import GenerationRequest, encode_message, validate_request
 from shared.records.attempts import iso_utc, utc_now
 from shared.records.documents import Status, status_doc
+from shared.records.models import (
+    Document,
+    ErrorRecord,
+    Manifest,
+    StatusDoc,
+    UnreadableRecord,
+    parse_document,
+)
+
+__all__ = [
+    "ErrorRecord",
+    "ImageRequestClient",
+    "Manifest",
+    "RequestTimeout",
+    "StatusDoc",
+    "UnreadableRecord",
+    "new_request_id",
+]
 
 TERMINAL = ("manifest.json", "error.json")
-ProgressCallback = Callable[[dict[str, Any]], None]
+ProgressCallback = Callable[[StatusDoc], None]
 
 
 class RequestTimeout(TimeoutError):
@@ -132,20 +151,33 @@ class ImageRequestClient:
             if exc.status_code not in (409, 412):
                 raise
 
-    def _read(self, request_id: str, name: str) -> dict[str, Any] | None:
+    def _read(self, request_id: str, name: str) -> Document | None:
+        """The document's model, None if the blob does not exist, `UnreadableRecord` if invalid."""
+        blob = f"{request_id}/{name}"
         try:
-            data = self.container.download_blob(f"{request_id}/{name}").readall()
+            data = self.container.download_blob(blob).readall()
         except ResourceNotFoundError:
             return None
-        return json.loads(data)
+        if name == "status.json" and data.strip() == b"{}":
+            # The worker's placeholder for the request's lease: taken, nothing written in it yet.
+            return None
+        return parse_document(name, data, where=f"{self.container.container_name}/{blob}")
 
-    def status(self, request_id: str) -> dict[str, Any] | None:
-        """The terminal record if there is one, else status.json, else None (unknown id)."""
+    def terminal(self, request_id: str) -> Manifest | ErrorRecord | None:
+        """manifest.json or error.json if the request has finished, else None."""
         for name in TERMINAL:
             record = self._read(request_id, name)
-            if record is not None:
+            if isinstance(record, Manifest | ErrorRecord):
                 return record
-        return self._read(request_id, "status.json")
+        return None
+
+    def status(self, request_id: str) -> Manifest | ErrorRecord | StatusDoc | None:
+        """The terminal record if there is one, else status.json, else None (unknown id)."""
+        record = self.terminal(request_id)
+        if record is not None:
+            return record
+        status = self._read(request_id, "status.json")
+        return status if isinstance(status, StatusDoc) else None
 
     def wait(
         self,
@@ -153,22 +185,20 @@ class ImageRequestClient:
         timeout: float,
         on_progress: ProgressCallback | None = None,
         poll_s: float = 0.5,
-    ) -> dict[str, Any]:
-        """Poll until manifest.json or error.json exists; return it. Progress is reported on change."""
+    ) -> Manifest | ErrorRecord:
+        """Poll until manifest.json or error.json exists; return it. Progress is reported on change.
+
+        `record.succeeded` tells the two apart; `record.model_dump(mode="json")` is the stored JSON.
+        """
         deadline = self._monotonic() + timeout
         last: tuple[Any, ...] | None = None
         while True:
-            for name in TERMINAL:
-                record = self._read(request_id, name)
-                if record is not None:
-                    return record
+            record = self.terminal(request_id)
+            if record is not None:
+                return record
             status = self._read(request_id, "status.json")
-            if status is not None and on_progress is not None:
-                marker = (
-                    status.get("status"),
-                    status.get("images_done"),
-                    len(status.get("attempts", [])),
-                )
+            if isinstance(status, StatusDoc) and on_progress is not None:
+                marker = (status.status, status.images_done, len(status.attempts))
                 if marker != last:
                     last = marker
                     on_progress(status)

@@ -42,6 +42,7 @@ from shared.ops.operations import (
 )
 from shared.ops.reporting import ERROR, Folder, build_report, format_report, format_verdict
 from shared.records.documents import Status
+from shared.records.models import StatusDoc, UnreadableRecord
 from shared.settings import OperatorSettings, SettingsError
 from shared.storage.store import StoreError
 
@@ -107,17 +108,17 @@ def cmd_submit(args: argparse.Namespace, storage: Storage) -> int:
     if not (args.wait or args.out):
         return EXIT_OK
     try:
-        record = storage.client.wait(
+        finished = storage.client.wait(
             request_id, timeout=args.timeout, on_progress=_progress, poll_s=args.poll
         )
     except RequestTimeout:
         _warn(f"{request_id}: not finished after {args.timeout:g}s; see `status {request_id}`")
         return EXIT_FAILED
-    print(summary(record))
+    print(summary(finished.model_dump(mode="json")))
     if args.out:
         # DIR/<id>/: a second submit to the same DIR keeps the first one's images and records.
         _download(storage, request_id, str(Path(args.out) / request_id))
-    return EXIT_OK if record.get("status") == "succeeded" else EXIT_FAILED
+    return EXIT_OK if finished.succeeded else EXIT_FAILED
 
 
 def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,25 +150,25 @@ def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _progress(status: dict[str, Any]) -> None:
-    attempts = status.get("attempts") or []
+def _progress(status: StatusDoc) -> None:
     parts = [
-        f"{status.get('status', '?')}",
-        f"images done {status.get('images_done', 0)}",
-        f"attempts {len(attempts)}",
+        status.status.value,
+        f"images done {status.images_done}",
+        f"attempts {len(status.attempts)}",
     ]
-    if attempts:
-        last = attempts[-1]
-        parts.append(f"last {last.get('outcome')} on {last.get('deployment')}")
-        parts.append(f"partials received {last.get('partials_received', 0)}")
-    _warn(f"{_clock()} {status.get('id', '')}: " + " · ".join(parts))
+    if status.attempts:
+        last = status.attempts[-1]
+        parts.append(f"last {last.outcome.value} on {last.deployment}")
+        parts.append(f"partials received {last.partials_received}")
+    _warn(f"{_clock()} {status.id}: " + " · ".join(parts))
 
 
 def cmd_status(args: argparse.Namespace, storage: Storage) -> int:
-    record = storage.client.status(args.id)
-    if record is None:
+    found = storage.client.status(args.id)
+    if found is None:
         _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
         return EXIT_NOT_FOUND
+    record = found.model_dump(mode="json")
     print(json.dumps(record, indent=2, ensure_ascii=False) if args.json else summary(record))
     return EXIT_FAILED if record.get("status") in ("failed", "rejected") else EXIT_OK
 
@@ -178,7 +179,7 @@ def cmd_fetch(args: argparse.Namespace, storage: Storage) -> int:
         _warn(f"no request {args.id!r} in container {storage.settings.images_container}")
         return EXIT_NOT_FOUND
     _download(storage, args.id, args.dir)
-    status = record.get("status")
+    status = record.status
     if status != "succeeded":
         _warn(f"{args.id} is {status}: downloaded what exists so far")
         return EXIT_FAILED
@@ -487,7 +488,7 @@ def main(
             return EXIT_USAGE
         _warn(f"storage error at {storage.endpoint}: {_first_line(exc)}")
         return EXIT_UNREACHABLE
-    except (StoreError, json.JSONDecodeError) as exc:
+    except (StoreError, UnreadableRecord, json.JSONDecodeError) as exc:
         _warn(f"unreadable record: {_first_line(exc)}")
         return EXIT_FAILED
     except KeyboardInterrupt:

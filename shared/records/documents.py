@@ -1,40 +1,42 @@
 """The JSON documents of docs/design.md §5: status.json, manifest.json and error.json.
 
-Pure functions from values to dicts, so the shapes are tested without storage.
+Pure functions from values to the documents' JSON, so the shapes are tested without storage. Each
+builds its model (`shared.records.models`) and returns the model's JSON: a document the models
+cannot read back is never written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Any
 
 from shared.records.attempts import AttemptRecord
 from shared.records.history import CallHistory
+from shared.records.models import (
+    ERROR_SCHEMA,
+    MANIFEST_SCHEMA,
+    STATUS_SCHEMA,
+    ErrorKind,
+    ErrorRecord,
+    Failure,
+    Manifest,
+    Status,
+    StatusDoc,
+)
+
+__all__ = [
+    "ERROR_SCHEMA",
+    "MANIFEST_SCHEMA",
+    "STATUS_SCHEMA",
+    "ErrorKind",
+    "Status",
+    "attempts_from_status",
+    "error_doc",
+    "manifest_doc",
+    "status_doc",
+]
 
 Calls = Sequence[AttemptRecord] | CallHistory
-
-MANIFEST_SCHEMA = "imagegen.manifest/1"
-ERROR_SCHEMA = "imagegen.error/1"
-
-
-class Status(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    REJECTED = "rejected"
-
-
-class ErrorKind(StrEnum):
-    INVALID_REQUEST = "invalid_request"
-    CONTENT_FILTER = "content_filter"
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    POISONED = "poisoned"
-    DEADLINE_EXCEEDED = (
-        "deadline_exceeded"  # IMAGE_REQUEST_DEADLINE_S passed before it could finish
-    )
 
 
 def status_doc(
@@ -49,22 +51,17 @@ def status_doc(
     detail: str | None = None,
     first_delivery_at: str | None = None,
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": request_id,
-        "status": status.value,
-        "updated_at": updated_at,
-        "images_done": images_done,
+    return StatusDoc(
+        id=request_id,
+        status=status,
+        updated_at=updated_at,
+        images_done=images_done,
         **_calls(attempts),
-    }
-    if first_delivery_at is not None:
-        doc["first_delivery_at"] = first_delivery_at
-    if request_hash is not None:
-        doc["request_hash"] = request_hash
-    if created_at is not None:
-        doc["created_at"] = created_at
-    if detail is not None:
-        doc["detail"] = detail
-    return doc
+        first_delivery_at=first_delivery_at,
+        request_hash=request_hash,
+        created_at=created_at,
+        detail=detail,
+    ).model_dump(mode="json")
 
 
 def attempts_from_status(doc: dict[str, Any] | None) -> list[AttemptRecord]:
@@ -92,18 +89,18 @@ def manifest_doc(
     completed_at: str,
     metadata: dict[str, str],
 ) -> dict[str, Any]:
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "id": request_id,
-        "status": Status.SUCCEEDED.value,
-        "request": request,
-        "request_hash": request_hash,
-        "images": list(images),
+    return Manifest(
+        schema_=MANIFEST_SCHEMA,
+        id=request_id,
+        status=Status.SUCCEEDED.value,
+        request=request,
+        request_hash=request_hash,
+        images=list(images),
         **_calls(attempts),
-        "created_at": created_at,
-        "completed_at": completed_at,
-        "metadata": metadata,
-    }
+        created_at=created_at,
+        completed_at=completed_at,
+        metadata=metadata,
+    ).model_dump(mode="json")
 
 
 def error_doc(
@@ -124,24 +121,18 @@ def error_doc(
     content_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`content_filter`: the safety system's verdict (`ErrorInfo.content_filter`), as `error.content_filter`."""
-    doc: dict[str, Any] = {
-        "schema": ERROR_SCHEMA,
-        "id": request_id,
-        "status": status.value,
-        "request": request,
-        "images": list(images),
+    return ErrorRecord(
+        schema_=ERROR_SCHEMA,
+        id=request_id,
+        status=status.value,
+        request=request,
+        images=list(images),
         **_calls(attempts),
-        "created_at": created_at,
-        "completed_at": completed_at,
-        "metadata": metadata or {},
-        "error": {"kind": kind.value, "message": message},
-    }
-    if content_filter is not None:
-        doc["error"]["content_filter"] = content_filter
-    if request_hash is not None:
-        doc["request_hash"] = request_hash
-    if input_text is not None:
-        doc["input"] = input_text
-    if queue_message_id is not None:
-        doc["queue_message_id"] = queue_message_id
-    return doc
+        created_at=created_at,
+        completed_at=completed_at,
+        metadata=metadata or {},
+        error=Failure(kind=kind, message=message, content_filter=content_filter),
+        request_hash=request_hash,
+        input=input_text,
+        queue_message_id=queue_message_id,
+    ).model_dump(mode="json")
