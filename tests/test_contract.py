@@ -1,4 +1,4 @@
-"""The queue message contract (DESIGN.md section 4): every rule, with the exact field-first message."""
+"""The queue message contract (docs/design.md §4): every rule, with the exact field-first message."""
 
 from __future__ import annotations
 

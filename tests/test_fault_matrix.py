@@ -1,5 +1,5 @@
 """The fault matrix of issue 7: every failure the emulator can produce, on the first attempt and on
-the last allowed one, ends in the state DESIGN.md section 7 prescribes, with the right attempt records.
+the last allowed one, ends in the state docs/design.md §7 prescribes, with the right attempt records.
 
 "First" scripts the fault for the first call; "last" scripts three retryable failures (HTTP 502) and
 then the fault, so it meets the fourth call (IMAGE_MAX_ATTEMPTS=4). Every case has its own prompt
@@ -36,7 +36,7 @@ RPM = 1000
 RETRY_AFTER_MS = 20_000  # emulated: 0.2 s on the wire
 # The earlier retryable failures of a "last attempt" case.
 FILLER: dict[str, object] = {"outcome": "http_error", "status": 502}
-FIVE_XX = frozenset({"server_error", "http_error"})  # DESIGN.md allows either name for a 5xx answer
+FIVE_XX = frozenset({"server_error", "http_error"})  # docs/design.md allows either name for a 5xx answer
 # The host redelivers a failed invocation up to maxDequeueCount (5) times; a configuration fault
 # is scripted that often, so the request ends poisoned whether or not each delivery calls again.
 MAX_DELIVERIES = 5

@@ -28,7 +28,7 @@ from devtools.services import wait_until
 pytestmark = pytest.mark.slow
 
 BY_NAME = {case.name: case for case in CORPUS}
-MAX_INPUT_BYTES = 1024  # DESIGN.md section 5: a rejected record quotes at most 1 KiB
+MAX_INPUT_BYTES = 1024  # docs/design.md §5: a rejected record quotes at most 1 KiB
 MAX_RECORD_BYTES = 16 * 1024  # a record must not amplify what it rejects
 QUOTE_CHARS = 100
 # Cases that fail because of a product bug, reported to the lead; strict, so a fix is noticed.

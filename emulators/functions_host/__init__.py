@@ -1,4 +1,4 @@
-"""Local stand-in for the Azure Functions host's queue trigger (issue 3, DESIGN.md section 6).
+"""Local stand-in for the Azure Functions host's queue trigger (issue 3, docs/design.md §6).
 
 Azure Functions Core Tools cannot be installed here, so this package loads the real
 `function_app.py`, reads its queue triggers through `FunctionApp.get_functions()` and runs them

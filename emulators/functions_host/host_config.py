@@ -1,6 +1,6 @@
 """host.json: the queues extension options and functionTimeout, with the host's defaults.
 
-Defaults are those of the Storage Queues extension 5.x (DESIGN.md section 6), except
+Defaults are those of the Storage Queues extension 5.x (docs/design.md §6), except
 `maxPollingInterval`, which is 2 s as when Core Tools runs the host locally. Keys are matched
 case-insensitively, as .NET configuration binding does.
 """

@@ -1,4 +1,4 @@
-"""A queue message body to the JSON object it carries, whatever the body holds (DESIGN.md section 4).
+"""A queue message body to the JSON object it carries, whatever the body holds (docs/design.md §4).
 
 Producers put either raw JSON or base64 of it on the queue (host.json says `messageEncoding: none`),
 so `decode_body` accepts both and turns every other body into `InvalidMessage` instead of a crash:

@@ -1,6 +1,6 @@
 """The support report: failed and retried calls grouped by deployment and error type.
 
-Pure functions from the request records of DESIGN.md section 5 to a `Report` value and its text,
+Pure functions from the request records of docs/design.md §5 to a `Report` value and its text,
 so the grouping is tested on dicts and the CLI only fetches blobs and prints. The text is shaped
 like a paragraph of an Azure support ticket (seed-support-ticket.txt): who, where, which API
 version, then one line per failure type with every apim-request-id support needs to look it up.

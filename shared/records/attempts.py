@@ -65,7 +65,7 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """Every field of `attempts[]` in DESIGN.md section 5, plus what the retry policy needs.
+    """Every field of `attempts[]` in docs/design.md §5, plus what the retry policy needs.
 
     `retry_after_s` is the wait the service asked for (429), already converted from
     `retry-after-ms` / `retry-after`; `ratelimit` keeps the x-ratelimit-* headers for quota tracking;

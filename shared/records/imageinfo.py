@@ -1,6 +1,6 @@
 """Image format and pixel size from the first bytes of a PNG or JPEG, parsed by hand.
 
-The manifest records each image's width and height (DESIGN.md section 5). Pillow would do it, but it
+The manifest records each image's width and height (docs/design.md §5). Pillow would do it, but it
 is a large dependency for reading a dozen header bytes, so the deployed app reads the PNG IHDR chunk
 and the JPEG SOFn segment itself. Only the header is read: a truncated body is not detected here.
 Sizes are as stored; an EXIF orientation tag is not applied (gpt-image does not write one).
@@ -48,7 +48,7 @@ def content_type(fmt: str) -> str:
 
 
 def extension(fmt: str) -> str:
-    """The blob name's extension: `png` or `jpg` (DESIGN.md section 5), without the dot."""
+    """The blob name's extension: `png` or `jpg` (docs/design.md §5), without the dot."""
     return _EXTENSIONS[normalise_format(fmt)]
 
 

@@ -1,4 +1,4 @@
-"""The blob layout of one request in the `images` container (DESIGN.md section 5).
+"""The blob layout of one request in the `images` container (docs/design.md §5).
 
 ```
 {id}/{k}.{png|jpg}            image k, content type set, metadata request_id, image_index, sha256, ...
