@@ -6,6 +6,7 @@ Manifests and images are written with the Storage SDK in the product's layout (`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -14,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from PIL import Image
+from product_stack import Product
 
 from devtools.services import REPO_ROOT, Service, python_module, start, wait_until
 
@@ -25,11 +28,19 @@ FAST = ("--blob-scan-interval-s", "0.2", "--eventgrid-time-scale", "0.1", "--lea
 
 class Downstream:
     def __init__(
-        self, tmp_path: Path, connection_string: str, unique: Callable[[str], str]
+        self,
+        tmp_path: Path,
+        connection_string: str,
+        unique: Callable[[str], str],
+        images_container: str | None = None,  # the product's, when the product writes the images
     ) -> None:
         self.tmp_path = tmp_path
         self.blobs = BlobServiceClient.from_connection_string(connection_string)
-        self.images: ContainerClient = self.blobs.create_container(unique("img"))
+        self.images: ContainerClient = self.blobs.get_container_client(
+            images_container or unique("img")
+        )
+        with contextlib.suppress(ResourceExistsError):
+            self.images.create_container()
         self.catalogue_name = unique("cat")
         self.catalogue = self.blobs.get_container_client(self.catalogue_name)
         self.catalogue.create_container()
@@ -169,3 +180,35 @@ def test_a_corrupted_image_ends_in_the_dead_letter_only(downstream: Downstream) 
     assert [line["id"] for line in d.index()] == ["fine"]
     assert d.names("thumbnails/broken/") == [] and d.names("markers/broken") == []
     assert "Succeeded" in log_of(host)
+
+
+def test_the_products_own_requests_are_catalogued_once_across_a_restart(
+    tmp_path: Path,
+    azurite_connection_string: str,
+    unique_name: Callable[[str], str],
+    product: Product,
+) -> None:
+    """The generator and the sample together: what the product writes is what the sample reads."""
+    d = Downstream(
+        tmp_path, azurite_connection_string, unique_name, product.container.container_name
+    )
+    try:
+        first = d.start_host()  # subscribed before any manifest: Event Grid sends only new blobs
+        request = {"prompt": "a lighthouse at dusk", "size": "1024x640", "quality": "low", "n": 2}
+        ids = [product.client.submit(request) for _ in range(2)]
+        wait_until(lambda: len(d.index()) >= 1, 90, what="the first index line")
+        first.stop()
+        ids += [product.client.submit(request) for _ in range(2)]  # while the sample is down
+        for request_id in ids:
+            assert product.wait_terminal(request_id, timeout=90)["status"] == "succeeded"
+        second = d.start_host()
+        wait_until(lambda: len(d.index()) >= len(ids), 90, what="every request indexed")
+        _assert_catalogued_once(d, ids)
+        for line in d.index():
+            manifest = product.read_json(str(line["id"]), "manifest.json")
+            assert manifest is not None and manifest["status"] == "succeeded"
+        assert d.names("dead-letter/") == []
+        assert "status.json" not in log_of(first) + log_of(second)
+    finally:
+        for service in d.services:
+            service.kill()
