@@ -63,6 +63,8 @@ param failoverDeployments failoverDeployment[] = []
 // - Per instance: host.json queues batchSize 16 + newBatchThreshold 16 = up to 32 messages at
 //   once, and PYTHON_THREADPOOL_THREAD_COUNT = 32 gives each its own thread (the default
 //   min(32, cores + 4) would run ~6 on a small instance and leave the quota idle).
+// - Streams: a request's n images run at once, so streams per instance are bounded by
+//   IMAGE_MAX_STREAMS (32, set below), not by the message count: 32 streams per instance.
 // - Memory: 8 streams of 3840x2160 high (the largest image) peaked 180 MiB over a 62 MiB idle
 //   worker = 22.5 MiB per stream (29 MiB in a noisier run). 32 streams x 29 MiB + 62 MiB = ~1 GB,
 //   plus the Functions host process: fits 2048 MB with room; 512 MB would hold ~15 streams, and
@@ -278,8 +280,10 @@ var processorAppSettings = {
   IMAGES_CONTAINER: imagesContainer
   IMAGE_INPUT_CONTAINERS: inputsContainer
   IMAGE_QUOTA_CONTAINER: quotaContainer
-  // Up to maximumInstanceCount instances draw on one quota: keep its budget in Storage.
+  // Up to maximumInstanceCount instances draw on one quota: keep its pace in Storage, so a 429
+  // seen by one pauses them all.
   IMAGE_QUOTA_SCOPE: 'shared'
+  IMAGE_MAX_STREAMS: string(pythonThreadpoolThreadCount)
   PYTHON_THREADPOOL_THREAD_COUNT: string(pythonThreadpoolThreadCount)
 }
 

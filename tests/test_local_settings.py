@@ -154,6 +154,7 @@ def test_the_repository_example_states_the_defaults() -> None:
     assert Settings.from_env(values) == Settings.from_env(
         {**{name: values[name] for name in required}, "AZURE_OPENAI_API_KEY": "local-dev-key"}
     )
-    assert {"IMAGE_REQUEST_DEADLINE_S", "IMAGE_MAX_CONNECT_ERRORS", "AZURE_OPENAI_MODEL"} <= set(
-        values
-    )
+    assert {
+        "IMAGE_REQUEST_DEADLINE_S", "IMAGE_MAX_CONNECT_ERRORS", "AZURE_OPENAI_MODEL",
+        "AZURE_OPENAI_BURST", "IMAGE_MAX_STREAMS",
+    } <= set(values)  # fmt: skip
