@@ -11,7 +11,6 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from . import events, limiter, multipart
@@ -20,7 +19,7 @@ from .config import Config, ConfigHolder
 from .images import ImageCache
 from .limiter import Decision, RateLimiter
 from .plan import Answer, Plan, plan, rate_limited
-from .requestlog import RequestLog, RequestRecord
+from .requestlog import RequestLog, RequestRecord, now_iso
 from .script import FaultDice, Script
 from .validation import ImageRequest, InvalidRequest, ModerationBlocked, Upload, validate
 
@@ -124,7 +123,7 @@ def route(state: State, incoming: Incoming) -> Routed:
     except InvalidRequest as error:
         fields, uploads, from_form, parse_error = {}, [], False, error
     record = RequestRecord(
-        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        time=now_iso(),
         deployment=incoming.deployment,
         endpoint=incoming.endpoint,
         auth=auth,

@@ -9,7 +9,13 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
+
+
+def now_iso() -> str:
+    """Now, as the log writes times: ISO 8601 UTC to the millisecond."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,9 @@ class RequestRecord:
     outcome: str = "pending"
     scripted: dict[str, Any] | None = None  # the script entry or random fault applied
     partials_sent: int = 0
+    # When the last byte went out or the client was found gone (None while it lasts): with `time`,
+    # the span a client's crash or an outage must overlap to explain a call it never recorded.
+    ended: str | None = None
 
     def public(self) -> dict[str, Any]:
         shown = asdict(self)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import admin, events
 from .api import Incoming, State, request_ids, route
 from .delivery import ClientGone, Sender, deliver
+from .requestlog import now_iso
 
 log = logging.getLogger("emulator")
 _API = re.compile(r"^/openai/deployments/([^/]+)/images/(generations|edits)$")
@@ -110,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             outcome = "client_closed"
             record(sender, outcome)
+        state.log.update(routed.log_key, ended=now_iso())
         # After a drop, an error frame or a gone client the service hangs up.
         if outcome in ("client_closed", "dropped", "server_error"):
             self.close_connection = True
