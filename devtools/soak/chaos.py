@@ -67,9 +67,8 @@ def run_disruptions(
 ) -> Disruptions:
     """Both kills and the outage, in the order of their thresholds."""
     config = stack.config
-    plan: list[tuple[float, str]] = sorted(
-        [(share, "kill") for share in config.kill_at] + [(config.outage_at, "outage")]
-    )
+    outages = [] if config.outage_at is None else [(config.outage_at, "outage")]
+    plan: list[tuple[float, str]] = sorted([(share, "kill") for share in config.kill_at] + outages)
     done = Disruptions()
     for share, kind in plan:
         _wait_for_progress(progress, share, total, config.disruption_timeout_s)

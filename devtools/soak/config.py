@@ -18,13 +18,16 @@ class SoakConfig:
     outage_s: float = 10.0  # Azurite down this long
     # When each disruption may start, as the share of requests with a terminal record.
     kill_at: tuple[float, ...] = (0.15, 0.6)
-    outage_at: float = 0.35
+    outage_at: float | None = 0.35  # None: no outage
     max_attempts: int = 4  # IMAGE_MAX_ATTEMPTS given to the hosts and checked
     lock_lease_s: int = 15  # IMAGE_LOCK_LEASE_S
     message_lease_s: int = 20  # the host's --lease-s: a killed host's messages reappear after it
     threads: int = 8  # PYTHON_THREADPOOL_THREAD_COUNT per host
     disruption_timeout_s: float = 120.0  # a disruption's condition must come true within this
     drain_timeout_s: float = 600.0  # after the last disruption, everything must settle within this
+    # A test hook, never the product: once drained, generate one finished image again and store it
+    # over the first, as a product that billed an image twice would. The checks must catch it.
+    plant_double_generation: bool = False
 
     def __post_init__(self) -> None:
         if self.requests < 10:

@@ -89,6 +89,11 @@ class SoakStack:
     def connection_string(self) -> str:
         return azurite.connection_string(*self.ports)
 
+    @property
+    def host_storage_connection_string(self) -> str:
+        """What the hosts use: blobs through the tap, so a write made with it is logged."""
+        return self._host_env["AzureWebJobsStorage"]
+
     def queue(self, name: str = QUEUE, **kwargs: object) -> QueueClient:
         service = QueueServiceClient.from_connection_string(self.connection_string, **kwargs)
         return service.get_queue_client(name)
