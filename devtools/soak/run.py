@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from devtools.services import wait_until
 from devtools.soak import checks
 from devtools.soak.accounting import CallAccount, KilledProcess, account_calls
+from devtools.soak.budget import Budget, OutOfBudget
 from devtools.soak.chaos import Disruptions, run_disruptions
 from devtools.soak.config import SoakConfig
 from devtools.soak.evidence import Evidence, HostLogSummary, count_lines, read_storage
@@ -52,22 +52,31 @@ def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
         raise ValueError(f"workdir {workdir} is not empty")
     workload = plan_workload(config)
     started = time.monotonic()
-    stack = start_stack(config, workdir)
+    budget = Budget(config.budget_s, config.reserve_s)
+    stack = start_stack(config, workdir, budget)
     watch: EmulatorWatch | None = None
     notes: list[str] = []
+    out_of_budget: list[checks.Violation] = []
+    disruptions = Disruptions()
     try:
         stack.emulator_script(list(workload.script))
         _submit_all(stack, workload)
         start_hosts(stack)
         watch = EmulatorWatch(stack.emulator_requests).start()
         progress = _progress_counter(stack)
-        disruptions = run_disruptions(stack, watch, progress, config.requests)
-        drained = _drain(stack, progress, config)
-        if not drained:
-            notes.append(f"did not drain within {config.drain_timeout_s:.0f}s; judged as it stood")
-        if config.plant_double_generation:
-            planted = plant_double_generation(stack, workload)
-            notes.append(f"test hook: planted a second generation of {planted}")
+        try:
+            run_disruptions(stack, watch, progress, config.requests, disruptions)
+            drained = _drain(stack, progress, config)
+            if not drained:
+                notes.append(
+                    f"did not drain within {config.drain_timeout_s:.0f}s; judged as it stood"
+                )
+            if config.plant_double_generation:
+                planted = plant_double_generation(stack, workload)
+                notes.append(f"test hook: planted a second generation of {planted}")
+        except OutOfBudget as exc:
+            # Judge what there is: the report says what was seen before the time ran out.
+            out_of_budget.append(checks.Violation("budget", str(exc)))
         stopped, watch = watch, None
         stopped.stop()
         evidence = _gather(stack, stopped, disruptions, time.monotonic() - started)
@@ -94,6 +103,7 @@ def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
         evidence.writes,
     )
     violations = [
+        *out_of_budget,
         *checks.check_terminal_records(evidence, workload),
         *checks.check_expected_outcomes(evidence, workload),
         *checks.check_images(evidence, workload),
@@ -175,7 +185,9 @@ def _drain(stack: SoakStack, progress: Callable[[], int | None], config: SoakCon
             return False
 
     try:
-        wait_until(settled, config.drain_timeout_s, 0.5, what="the soak to drain")
+        stack.budget.wait_until(settled, config.drain_timeout_s, 0.5, what="the soak to drain")
+    except OutOfBudget:
+        raise
     except TimeoutError:
         return False
     return True
