@@ -35,6 +35,8 @@ class RequestRecord:
     # When the last byte went out or the client was found gone (None while it lasts): with `time`,
     # the span a client's crash or an outage must overlap to explain a call it never recorded.
     ended: str | None = None
+    token_id: str | None = None  # a checked bearer token's `jti` (never the token)
+    auth_failure: str | None = None  # why a bearer token was refused (never the token)
 
     def public(self) -> dict[str, Any]:
         shown = asdict(self)
