@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
-from bench import end_to_end, memory, quota_use, sse_decoding
+from bench import end_to_end, failover, memory, quota_use, sse_decoding
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "sse_decoding": sse_decoding.main,
     "end_to_end": end_to_end.main,
     "quota_use": quota_use.main,
     "memory": memory.main,
+    "failover": failover.main,
 }
 
 
