@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from devtools.services import REPO_ROOT, Service, port_open, start
@@ -58,6 +59,7 @@ def start_azurite(
     log_path: Path | None = None,
     timeout: float = 60.0,
     accounts: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Service:
     """Start Azurite on the given ports; in memory unless `location` asks for on-disk data.
 
@@ -72,6 +74,7 @@ def start_azurite(
         "--queueHost", HOST, "--queuePort", str(queue_port),
         "--tableHost", HOST, "--tablePort", str(table_port),
     ]  # fmt: skip
+    args += extra_args  # e.g. --oauth basic --cert ... --key ... (HTTPS with OAuth)
     if location is None:
         args.append("--inMemoryPersistence")
     else:
