@@ -26,6 +26,7 @@ from devtools.soak.budget import Budget, OutOfBudget
 from devtools.soak.chaos import Disruptions, Kill, Outage
 from devtools.soak.checks import (
     check_calls,
+    check_generations,
     check_images,
     check_statuses,
     check_terminal_records,
@@ -457,3 +458,22 @@ def test_the_budget_cuts_a_wait_and_keeps_its_reserve() -> None:
     with pytest.raises(TimeoutError) as raised:  # its own deadline, not the budget's
         Budget(100.0, 10.0).wait_until(lambda: False, 0.2, 0.05, "briefly")
     assert not isinstance(raised.value, OutOfBudget)
+
+
+def test_two_recorded_successes_of_an_image_need_a_disruption_between_them() -> None:
+    attempts = [
+        {"attempt": i, "image_index": 0, "outcome": "succeeded", "apim_request_id": f"k{i}"}
+        for i in (1, 2)
+    ]
+    manifests = {"r1": {"id": "r1", "status": "succeeded", "images": [], "attempts": attempts}}
+    times = {
+        "k1": CallTimes(ARRIVED, None, None, ARRIVED + 1),
+        "k2": CallTimes(ARRIVED + 10, None, None, ARRIVED + 11),
+    }
+    calls = [_call("r1", "k1"), _call("r1", "k2")]
+    plain = _evidence(manifests=manifests, calls=calls, call_times=times)
+    assert [v.detail for v in check_generations(plain)] == [
+        "r1 image 0: generated 2 times on the record (k1, k2)"
+    ]
+    killed = replace(plain, disruptions=Disruptions(kills=[Kill(ARRIVED + 5, "a", 1, (), (), 0)]))
+    assert check_generations(killed) == []

@@ -11,7 +11,8 @@ Why each check is honest about what it can see:
 - Generations: the emulator writes each call's apim-request-id into the images it draws, so a
   stored image names the call that made it. It must be a call of its own request that succeeded,
   and the one its record lists as that image's success; an image whose record lists two successes
-  was generated twice on the record. `generations` counts, per image, the calls that drew it.
+  was generated twice on the record, which only a kill or the outage between the two may explain
+  (the call is recorded before its image is stored, so a crash in between costs the image again). `generations` counts, per image, the calls that drew it.
 - Writes after the end: once a request's terminal record exists, nothing but its status.json may
   be written under it (no image, no partial, no other record).
 - Script: every scripted 429 was served (a request that never met its 429 was not tested).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from devtools.soak.accounting import CallAccount
@@ -236,7 +238,7 @@ def check_generations(evidence: Evidence) -> list[Violation]:
                     str(attempt.get("apim_request_id"))
                 )
         for index, keys in sorted(successes.items()):
-            if len(keys) > 1:
+            if len(keys) > 1 and not _remade_after_disruption(evidence, keys):
                 found.append(
                     Violation(
                         "generations",
@@ -275,6 +277,25 @@ def check_generations(evidence: Evidence) -> list[Violation]:
                     )
                 )
     return found
+
+
+def _remade_after_disruption(evidence: Evidence, keys: list[str]) -> bool:
+    """Each success but the last was followed, before the next call, by a kill or the outage: the
+    product records a call before it stores the image (a manifest never lists an image without
+    its call), so a crash in between costs the image once more. Anything else is a second
+    generation of an image already made."""
+    times = [evidence.call_times.get(key) for key in keys]
+    if any(t is None or t.ended is None for t in times):
+        return False
+    spans = sorted((t.arrived, t.ended) for t in times if t is not None and t.ended is not None)
+    moments = [k.at for k in evidence.disruptions.kills]
+    outages = [(o.down_at, o.up_at) for o in evidence.disruptions.outages]
+    for (_, ended), (arrived, _) in pairwise(spans):
+        if not any(ended <= at <= arrived for at in moments) and not any(
+            down <= arrived and up >= ended for down, up in outages
+        ):
+            return False
+    return True
 
 
 def generation_counts(drawn: dict[tuple[str, int], list[str]]) -> Counter[int]:
