@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bench import end_to_end, memory, pacing, quota_use, sse_decoding
+from bench import end_to_end, failover, memory, pacing, quota_use, sse_decoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "quota_use": Benchmark(quota_use.main, quota_use.parser),
     "memory": Benchmark(memory.main, memory.parser),
     "pacing": Benchmark(pacing.main, pacing.parser),
+    "failover": Benchmark(failover.main, failover.parser),
 }
 HELP = ("-h", "--help")
 

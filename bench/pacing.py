@@ -80,7 +80,7 @@ def measure(config: Config, scenario: str) -> Row:
         connection_string=config.connection_string,
         thread_count=32,
         hosts=int(hosts),
-        emulator_extra=("--rate-model", "periods", "--rate-admit-fraction", fraction),
+        extra_emulator_args=("--rate-model", "periods", "--rate-admit-fraction", fraction),
         extra_settings={"AZURE_OPENAI_BURST": "1" if client == "paced" else "10"},
     )
     request = {"prompt": PROMPT, "size": "1024x640", "quality": "low"}
@@ -121,7 +121,7 @@ def fan_out(config: Config, streams: int) -> FanOut:
         app_rpm=config.rpm,
         rate_window_s=EMULATED_MINUTE_S * scale,
         connection_string=config.connection_string,
-        emulator_extra=("--rate-model", "periods"),
+        extra_emulator_args=("--rate-model", "periods"),
         extra_settings={"IMAGE_MAX_STREAMS": str(streams)},
     )
     request = {"prompt": PROMPT, "size": "2048x2048", "quality": "high", "n": 4}

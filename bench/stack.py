@@ -73,7 +73,7 @@ class StackOptions:
     connection_string: str | None = None  # None: start a private in-memory Azurite
     extra_settings: Mapping[str, str] = field(default_factory=dict)
     hosts: int = 1  # instances of the app on one queue, container and pace blob
-    emulator_extra: tuple[str, ...] = ()  # more emulator options (rate model, admit fraction)
+    extra_emulator_args: tuple[str, ...] = ()  # e.g. more `--deployment` entries, a rate model
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _emulator_args(options: StackOptions) -> tuple[str, ...]:
         "--gateway-timeout-s", str(options.gateway_timeout_s),
         "--fault-rate", "0",
         "--seed", "1",
-        *options.emulator_extra,
+        *options.extra_emulator_args,
     )  # fmt: skip
 
 
@@ -187,7 +187,8 @@ def _app_settings(
         "AZURE_OPENAI_RPM": str(options.app_rpm),
         "AZURE_OPENAI_RPM_WINDOW_S": str(options.rate_window_s),
         **BASE_APP_SETTINGS,
-        **options.extra_settings,
+        # "{emulator_url}" in a value is the emulator's URL, known only once it has a port.
+        **{k: v.replace("{emulator_url}", emulator_url) for k, v in options.extra_settings.items()},
     }
     if options.thread_count is not None:
         settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(options.thread_count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,19 @@ ACCOUNT_KEY = (
 
 
 def connection_string(
-    blob_port: int = BLOB_PORT, queue_port: int = QUEUE_PORT, table_port: int = TABLE_PORT
+    blob_port: int = BLOB_PORT,
+    queue_port: int = QUEUE_PORT,
+    table_port: int = TABLE_PORT,
+    *,
+    account: str = ACCOUNT,
+    key: str = ACCOUNT_KEY,
 ) -> str:
+    """`account`/`key`: one of the accounts given to `start_azurite(accounts=...)`."""
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://{HOST}:{blob_port}/{ACCOUNT};"
-        f"QueueEndpoint=http://{HOST}:{queue_port}/{ACCOUNT};"
-        f"TableEndpoint=http://{HOST}:{table_port}/{ACCOUNT};"
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        f"BlobEndpoint=http://{HOST}:{blob_port}/{account};"
+        f"QueueEndpoint=http://{HOST}:{queue_port}/{account};"
+        f"TableEndpoint=http://{HOST}:{table_port}/{account};"
     )
 
 
@@ -70,8 +77,13 @@ def start_azurite(
     location: Path | None = None,
     log_path: Path | None = None,
     timeout: float = 60.0,
+    accounts: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Service:
-    """Start Azurite on the given ports; in memory unless `location` asks for on-disk data."""
+    """Start Azurite on the given ports; in memory unless `location` asks for on-disk data.
+
+    `accounts` (name -> base64 key) replaces the well-known development account, so a test can use
+    a key of its own, one that no public document holds (Azurite's AZURITE_ACCOUNTS)."""
     args = [
         executable(),
         "--silent",
@@ -81,6 +93,7 @@ def start_azurite(
         "--queueHost", HOST, "--queuePort", str(queue_port),
         "--tableHost", HOST, "--tablePort", str(table_port),
     ]  # fmt: skip
+    args += extra_args  # e.g. --oauth basic --cert ... --key ... (HTTPS with OAuth)
     if location is None:
         args.append("--inMemoryPersistence")
     else:
@@ -93,6 +106,9 @@ def start_azurite(
         ready=lambda: running(blob_port, queue_port) and port_open(HOST, table_port),
         timeout=timeout,
         log_path=log_path,
+        env=None
+        if accounts is None
+        else {"AZURITE_ACCOUNTS": ";".join(f"{name}:{key}" for name, key in accounts.items())},
     )
 
 

@@ -91,7 +91,13 @@ def emulator_url(port: int) -> str:
 
 
 def start_emulator(
-    port: int, *, api_key: str, deployment: str, log_path: Path, args: Sequence[str] = ()
+    port: int,
+    *,
+    api_key: str,
+    deployment: str,
+    log_path: Path,
+    args: Sequence[str] = (),
+    timeout: float = 60.0,
 ) -> Service:
     """The image deployment emulator on `port`, ready once its health endpoint answers."""
     health = emulator_url(port) + "/_emulator/health"
@@ -102,7 +108,9 @@ def start_emulator(
         "--deployment", deployment,
         *args,
     )  # fmt: skip
-    return start("emulator", command, ready=lambda: http_ok(health), log_path=log_path)
+    return start(
+        "emulator", command, ready=lambda: http_ok(health), log_path=log_path, timeout=timeout
+    )
 
 
 def start_host(

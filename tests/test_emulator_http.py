@@ -369,3 +369,22 @@ def test_reset_clears_log_script_and_windows(sliding_emulator: Any) -> None:
     assert requests.get(emulator.url("/_emulator/script"), timeout=5).json()["pending"] == []
     r = generate(emulator, {"prompt": "x", "size": "1024x640", "quality": "low"})
     assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_each_call_draws_images_naming_its_apim_request_id(emulator: Any) -> None:
+    """Two calls with the same body send different bytes, each naming its call, partials too; the
+    log says when each call ended, after it arrived."""
+    from emulators.image_deployment.stamp import embedded_id
+
+    body = {"prompt": "same", "size": "1024x1024", "quality": "low", "stream": True}
+    body |= {"partial_images": 1}
+    seen = []
+    for _ in range(2):
+        r = generate(emulator, body)
+        assert r.status_code == 200
+        images = [base64.b64decode(d["b64_json"]) for _, d in sse_events(r.text)]
+        assert [embedded_id(i) for i in images] == [r.headers["apim-request-id"]] * 2
+        seen.append(images[-1])
+    assert seen[0] != seen[1]
+    for record in emulator.requests_log():
+        assert record["ended"] is not None and record["ended"] >= record["time"]

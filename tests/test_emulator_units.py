@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import io
 import threading
+import zlib
 
 import pytest
 from PIL import Image
 
 from emulators.image_deployment import config as cfg
 from emulators.image_deployment.clock import ScaledClock
-from emulators.image_deployment.images import ImageKey, block_size, encode
+from emulators.image_deployment.images import (
+    ImageCache,
+    ImageKey,
+    block_size,
+    draw,
+    encode,
+    target_bytes,
+)
 from emulators.image_deployment.limiter import client_seconds
 from emulators.image_deployment.plan import Answer, Delivery, StepKind, plan
 from emulators.image_deployment.script import FaultDice, Outcome, Script, ScriptError, parse_script
+from emulators.image_deployment.stamp import (
+    STAMP_BITS,
+    STAMP_ROWS,
+    adler32_combine,
+    embedded_id,
+    stamp_bits,
+    stamp_cell,
+)
 from emulators.image_deployment.timing import duration_s, schedule
 from emulators.image_deployment.validation import (
     ImageRequest,
@@ -330,3 +346,41 @@ def test_transparent_background_has_alpha() -> None:
     image = _decode(encode(ImageKey("x", 256, 256, "png", "low", True, -1), 0.01))
     assert image.mode == "RGBA"
     assert image.getextrema()[3][0] == 0
+
+
+# --- every call's images carry its id -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "transparent"), [("png", False), ("png", True), ("jpeg", False)])
+def test_each_call_stamps_its_id_into_the_metadata_and_the_top_rows(
+    fmt: str, transparent: bool
+) -> None:
+    cache = ImageCache()
+    key = ImageKey("a cat", 1024, 768, fmt, "high", transparent, -1)
+    first, second = cache.get(key, 1.0, "call-1"), cache.get(key, 1.0, "call-2")
+    assert (embedded_id(first), embedded_id(second)) == ("call-1", "call-2")
+    # The modelled size is kept: the stamp comes out of the padding.
+    assert len(first) == len(second) == target_bytes(key, 1.0)
+    a, b = _decode(first), _decode(second)
+    assert a.size == b.size == (1024, 768)
+    strip = (0, 0, 1024, STAMP_ROWS)
+    assert a.crop(strip).tobytes() != b.crop(strip).tobytes()
+    if fmt == "png":  # lossless: below the strip, the picture is the same scene
+        below = (0, STAMP_ROWS, 1024, 768)
+        assert a.crop(below).tobytes() == b.crop(below).tobytes() == draw(key).crop(below).tobytes()
+        cell = stamp_cell(1024)
+        bits = [a.getpixel((i * cell, 0))[0] == 255 for i in range(STAMP_BITS)]
+        assert bits == stamp_bits("call-1")
+
+
+def test_unstamped_and_partial_images_decode_and_partials_carry_the_id_too() -> None:
+    key = ImageKey("a cat", 512, 512, "png", "low", False, 1)
+    assert embedded_id(encode(key, 0.01)) is None
+    partial = encode(key, 0.01, "call-9")
+    assert embedded_id(partial) == "call-9" and _decode(partial).size == (512, 512)
+
+
+def test_adler32_combine_matches_zlib() -> None:
+    first, second = b"stamp rows" * 7, b"the rest of the picture" * 4099
+    combined = adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second))
+    assert combined == zlib.adler32(first + second)

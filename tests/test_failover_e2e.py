@@ -44,7 +44,6 @@ ONE_AT_A_TIME = {
     "AzureFunctionsJobHost__extensions__queues__batchSize": "1",
     "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "0",
 }
-NO_BACKOFF_GAP_S = 1.5  # a retry sent "at once" starts within this of the failed attempt's end
 HOLD_S = 60  # how long held messages stay invisible unless released
 
 
@@ -266,24 +265,28 @@ def test_failing_deployment_opens_its_breaker_and_every_request_succeeds_on_the_
             assert deployment_of[attempt["apim_request_id"]] == attempt["deployment"]
     # A's calls are the first three: nothing reached A after its breaker opened.
     assert max(parse_time(c["time"]) for c in on_a) < parse_time(on_b[3]["time"])
-    # The retry on B went at once, not after a backoff.
+    # The retry on B went at once, not after a backoff: after the failure, in the same delivery
+    # (a 20 s backoff is past the inline cap, so waiting for one would have sent a continuation
+    # message and begun a second delivery). How soon it went is bench/failover.py's table.
+    failed_over = [r for r in records if len(r["attempts"]) == 2]
     gaps = [
         parse_time(r["attempts"][1]["started_at"]) - attempt_end(r["attempts"][0])
-        for r in records
-        if len(r["attempts"]) == 2
+        for r in failed_over
     ]
-    print(
-        f"\n[failover] 12 requests 2048x2048 low: {len(on_a)} calls on {FAILING} (all failed), "
-        f"{len(on_b)} on {HEALTHY}; failover gaps {', '.join(f'{g * 1000:.0f} ms' for g in gaps)}"
-    )
-    assert len(gaps) == 3 and all(g < NO_BACKOFF_GAP_S for g in gaps), gaps
+    assert len(gaps) == 3 and all(g >= 0 for g in gaps), gaps
+    logs = "\n".join(p.host.log_tail(100_000) for p in fleet.hosts)
+    for record in failed_over:
+        assert logs.count(f"request {record['id']}: generate ") == 1, record["id"]
+        assert f"request {record['id']} continues in" not in logs, record["id"]
 
 
 def test_after_the_cool_down_one_probe_fails_and_reopens_the_breaker(
     failover_emulator: Emulator, fleet_factory: FleetFactory
 ) -> None:
     emulator = failover_emulator
-    cooldown_s = 5.0
+    # Long against sending one request, so "inside the cool-down" holds on a busy machine; no test
+    # asserts how soon a request went (bench/failover.py measures it).
+    cooldown_s = 10.0
     # Up to four messages at once, fetched again only when all are done: the requests after the
     # cool-down race for the probe, and only one may have it.
     concurrent = {
@@ -301,9 +304,6 @@ def test_after_the_cool_down_one_probe_fails_and_reopens_the_breaker(
 
     (early,) = fleet.wait_all(fleet.submit([request(text, "2048x2048", 3)]))
     assert served_by(early) == [(HEALTHY, "succeeded")]
-    assert parse_time(early["attempts"][0]["started_at"]) < opened_at + cooldown_s, (
-        "the machine was too slow to send a request inside the cool-down"
-    )
 
     # The breaker's cool-down runs from when the third failure was reported, a moment after the
     # attempt ended; a small margin covers that.
@@ -315,6 +315,8 @@ def test_after_the_cool_down_one_probe_fails_and_reopens_the_breaker(
     probe = on_a[-1]
     assert parse_time(probe["time"]) >= opened_at + cooldown_s
     assert probe["outcome"] != "ok"
+    # In order: the early request went to B before the probe; none reached A in between.
+    assert parse_time(early["attempts"][0]["started_at"]) < parse_time(probe["time"])
     histories = sorted(served_by(r) for r in after)
     assert (
         histories
@@ -326,16 +328,8 @@ def test_after_the_cool_down_one_probe_fails_and_reopens_the_breaker(
     )
     (again,) = fleet.wait_all(fleet.submit([request(text, "2048x2048", 8)]))
     assert served_by(again) == [(HEALTHY, "succeeded")]
-    assert parse_time(again["attempts"][0]["started_at"]) < probe_end + cooldown_s, (
-        "the machine was too slow to send a request inside the second cool-down"
-    )
+    assert parse_time(again["attempts"][0]["started_at"]) > probe_end
     assert len([c for c in calls_for(emulator, text) if c["deployment"] == FAILING]) == 4
-    print(
-        f"\n[probe] cool-down {cooldown_s:.0f}s: {len(on_a)} calls on {FAILING} "
-        f"(3 to open, then 1 probe {parse_time(probe['time']) - opened_at:.2f}s after opening, "
-        f"which failed; 3 concurrent requests went to {HEALTHY} while it was out, and one "
-        f"{parse_time(again['attempts'][0]['started_at']) - probe_end:.2f}s after it)"
-    )
 
 
 # -- quota: numbers from the emulator's log --------------------------------------------------------

@@ -36,7 +36,9 @@ RPM = 1000
 RETRY_AFTER_MS = 20_000  # emulated: 0.2 s on the wire
 # The earlier retryable failures of a "last attempt" case.
 FILLER: dict[str, object] = {"outcome": "http_error", "status": 502}
-FIVE_XX = frozenset({"server_error", "http_error"})  # docs/design.md allows either name for a 5xx answer
+FIVE_XX = frozenset(
+    {"server_error", "http_error"}
+)  # docs/design.md allows either name for a 5xx answer
 # The host redelivers a failed invocation up to maxDequeueCount (5) times; a configuration fault
 # is scripted that often, so the request ends poisoned whether or not each delivery calls again.
 MAX_DELIVERIES = 5

@@ -1,5 +1,11 @@
-"""Secrets (issue 7): the API key and bearer tokens never appear in logs, blobs, records, queues or the
-emulator's request log.
+"""Secrets (issues 7 and 15): the API key, bearer tokens, the storage account key, every connection
+string and SAS signature never appear in logs, blobs, blob metadata, records, queues or the
+emulator's request log and process log.
+
+Storage is an Azurite of this module's own with an account whose key is random (AZURITE_ACCOUNTS):
+Azurite's well-known key is public, so only a key no document holds shows a leak. Each host also
+gets a second, unused storage setting (a connection string with another random key, and one with a
+SAS token) of the kind an app would log if it logged its settings.
 
 Three hosts run real requests against one emulator that knows a distinctive key: one with that key
 (a success, an edit, a 429, a content-filter failure, a run out of retries, a rejected message), one
@@ -16,6 +22,7 @@ import base64
 import io
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +36,9 @@ from managed_identity import ManagedIdentityEndpoint
 from PIL import Image
 from product_stack import Product, start_product
 
+from devtools import azurite
+from devtools.services import distinct_free_ports
+
 pytestmark = pytest.mark.slow
 
 RUN = uuid.uuid4().hex
@@ -36,20 +46,60 @@ API_KEY = f"sk-apikey-{RUN[:16]}"
 WRONG_KEY = f"sk-wrongkey-{RUN[16:32]}"
 TOKEN = f"eyJ0eXAiOiJKV1Qi.fake-entra-{uuid.uuid4().hex}.sig"
 IDENTITY_HEADER = f"identity-header-{uuid.uuid4().hex}"
+
+
+def _account_key() -> str:
+    """A storage account key (64 random bytes, base64) that starts with 16 letters or digits, so
+    its needle survives URL-encoding."""
+    while True:
+        key = base64.b64encode(secrets.token_bytes(64)).decode()
+        if re.match(r"[A-Za-z0-9]{16}", key):
+            return key
+
+
+STORAGE_ACCOUNT = f"sec{RUN[:12]}"
+STORAGE_KEY = _account_key()
+UNUSED_KEY = _account_key()
+SAS_SIG = _account_key()[:43] + "="
+UNUSED_STORAGE = {
+    # Never used by the app: a leak of settings, not of a client, is what would show them.
+    "ArchiveStorage": (
+        f"DefaultEndpointsProtocol=https;AccountName=archive{RUN[:8]};AccountKey={UNUSED_KEY};"
+        "EndpointSuffix=core.windows.net"
+    ),
+    "ArchiveStorageSas": (
+        f"BlobEndpoint=https://archive{RUN[:8]}.blob.core.windows.net;SharedAccessSignature="
+        f"sv=2022-11-02&ss=b&srt=sco&sp=rl&se=2030-01-01T00:00:00Z&spr=https&sig={SAS_SIG}"
+    ),
+}
 SECRETS = {
     "api key": API_KEY,
     "wrong api key": WRONG_KEY,
     "bearer token": TOKEN,
     "identity header": IDENTITY_HEADER,
+    "storage account key": STORAGE_KEY,
+    "unused storage key": UNUSED_KEY,
+    "sas signature": SAS_SIG,
 }
 BEARER_RE = re.compile(rb"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}")
+# Any connection string's secret part, any SAS signature: not only the ones this module planted.
+CREDENTIAL_RE = re.compile(
+    rb"(?i)(AccountKey=[A-Za-z0-9+/]{20,}|SharedAccessSignature=\S{8,}|[?&;]sig=[A-Za-z0-9%+/=]{16,})"
+)
 
 
 def needles(secret: str) -> list[bytes]:
     """12 characters of the secret's random part (a truncated or re-prefixed copy holds them too)
-    and base64 of the whole secret."""
-    random_part = max(re.findall(r"[0-9a-f]{16,}", secret), key=len)
+    and base64 of the whole secret. A hex run is the random part of the made-up secrets; a storage
+    key or signature is random throughout (its first 16 characters are letters and digits)."""
+    runs = re.findall(r"[0-9a-f]{16,}", secret)
+    random_part = max(runs, key=len) if runs else secret[:16]
     return [random_part[:12].encode(), base64.b64encode(secret.encode())]
+
+
+def leaks(exposure: Exposure, secret: str) -> list[str]:
+    """The places that hold `secret` (or a cut-short or base64 copy of it)."""
+    return sorted({place for place, data in exposure.places for n in needles(secret) if n in data})
 
 
 @dataclass
@@ -58,6 +108,7 @@ class Exposure:
 
     places: list[tuple[str, bytes]] = field(default_factory=list)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    products: list[Product] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     identity_calls: int = 0
 
@@ -112,7 +163,7 @@ def _start(
         queue_name=f"sec-req-{suffix}",
         container_name=f"sec-img-{suffix}",
         log_path=tmp / f"host-{label}.log",
-        overrides=settings,
+        overrides={**UNUSED_STORAGE, **settings},
     )
 
 
@@ -121,11 +172,29 @@ def _request(prompt: str, **more: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def secret_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An Azurite of this module's own whose one account has a random key: its connection string."""
+    blob, queue, table = distinct_free_ports(3)
+    service = azurite.start_azurite(
+        blob_port=blob, queue_port=queue, table_port=table,
+        log_path=tmp_path_factory.mktemp("azurite") / "azurite.log",
+        accounts={STORAGE_ACCOUNT: STORAGE_KEY},
+    )  # fmt: skip
+    try:
+        yield azurite.connection_string(
+            blob, queue, table, account=STORAGE_ACCOUNT, key=STORAGE_KEY
+        )
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
 def exposure(
-    azurite_connection_string: str,
+    secret_storage: str,
     emulator_factory: EmulatorFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Exposure]:
+    azurite_connection_string = secret_storage
     emulator = emulator_factory(extra_args=("--api-key", API_KEY))
     tmp = tmp_path_factory.mktemp("secrets")
     identity = ManagedIdentityEndpoint(TOKEN, IDENTITY_HEADER)
@@ -140,11 +209,12 @@ def exposure(
             tmp,
             "entra",
             api_key="",
-            AZURE_OPENAI_API_KEY="",  # absent: Microsoft Entra ID (DESIGN.md section 8)
+            AZURE_OPENAI_API_KEY="",  # absent: Microsoft Entra ID (docs/design.md §8)
             IDENTITY_ENDPOINT=identity.url,
             IDENTITY_HEADER=IDENTITY_HEADER,
         )
         products += [keyed, wrong, entra]
+        result.products = products
         source = keyed.upload_input("source.png", _png())
 
         tag = uuid.uuid4().hex[:8]
@@ -210,13 +280,8 @@ def test_the_runs_exercised_every_path(exposure: Exposure) -> None:
 
 @pytest.mark.parametrize("secret", list(SECRETS), ids=list(SECRETS))
 def test_secret_appears_nowhere(exposure: Exposure, secret: str) -> None:
-    found = [
-        place
-        for place, data in exposure.places
-        for needle in needles(SECRETS[secret])
-        if needle in data
-    ]
-    assert found == [], f"the {secret} leaked into: {sorted(set(found))}"
+    found = leaks(exposure, SECRETS[secret])
+    assert found == [], f"the {secret} leaked into: {found}"
 
 
 def test_no_bearer_token_of_any_kind_is_written(exposure: Exposure) -> None:
@@ -228,6 +293,38 @@ def test_no_bearer_token_of_any_kind_is_written(exposure: Exposure) -> None:
     assert found == []
 
 
+def test_no_connection_string_or_sas_signature_of_any_kind_is_written(exposure: Exposure) -> None:
+    found = [
+        (place, match.group()[:16] + "…")
+        for place, data in exposure.places
+        for match in CREDENTIAL_RE.finditer(data)
+    ]
+    assert found == []
+
+
+def test_the_search_finds_a_planted_storage_key(exposure: Exposure) -> None:
+    """Planted where the search looks (a blob's metadata, a blob's body), the key is found.
+    (Not in a queue: the product reads its poison queue too, and would act on the message.)"""
+    keyed = exposure.products[0]
+    name = f"planted-{uuid.uuid4().hex[:8]}.txt"
+    inputs = keyed.blobs.get_container_client(keyed.settings["IMAGE_INPUT_CONTAINERS"])
+    keyed.container.upload_blob(name, b"nothing here", metadata={"note": f"key={STORAGE_KEY}"})
+    inputs.upload_blob(name, f"AccountKey={STORAGE_KEY}".encode())
+    try:
+        planted = Exposure()
+        _collect_storage(keyed, "keyed", planted)
+        assert leaks(planted, STORAGE_KEY) == sorted(
+            [
+                f"keyed: blob {keyed.container.container_name}/{name} (metadata)",
+                f"keyed: blob {inputs.container_name}/{name}",
+            ]
+        )
+        assert any(CREDENTIAL_RE.search(data) for _, data in planted.places)
+    finally:
+        keyed.container.delete_blob(name)
+        inputs.delete_blob(name)
+
+
 def test_needles_find_what_they_should() -> None:
     """The search itself can fail: a secret, cut short or re-encoded, is found."""
     for secret in SECRETS.values():
@@ -237,3 +334,6 @@ def test_needles_find_what_they_should() -> None:
         ]
         assert all(any(n in h for n in needles(secret)) for h in haystacks)
     assert BEARER_RE.search(b"Authorization: Bearer abcdefgh.ijk")
+    for planted in UNUSED_STORAGE.values():
+        assert CREDENTIAL_RE.search(planted.encode())
+    assert CREDENTIAL_RE.search(f"https://a.blob.core.windows.net/c/b?sv=1&sig={SAS_SIG}".encode())

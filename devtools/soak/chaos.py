@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools.services import wait_until
 from devtools.soak.observe import EmulatorWatch, HostLog, calls_in_flight_on
 from devtools.soak.stack import SoakStack
 
@@ -64,15 +63,16 @@ def run_disruptions(
     watch: EmulatorWatch,
     progress: Callable[[], int | None],
     total: int,
+    done: Disruptions | None = None,
 ) -> Disruptions:
-    """Both kills and the outage, in the order of their thresholds."""
+    """Both kills and the outage, in the order of their thresholds, into `done` (so what happened
+    before the budget ran out is kept); every wait comes out of `stack.budget`."""
     config = stack.config
-    plan: list[tuple[float, str]] = sorted(
-        [(share, "kill") for share in config.kill_at] + [(config.outage_at, "outage")]
-    )
-    done = Disruptions()
+    outages = [] if config.outage_at is None else [(config.outage_at, "outage")]
+    plan: list[tuple[float, str]] = sorted([(share, "kill") for share in config.kill_at] + outages)
+    done = Disruptions() if done is None else done
     for share, kind in plan:
-        _wait_for_progress(progress, share, total, config.disruption_timeout_s)
+        _wait_for_progress(stack, progress, share, total)
         if kind == "kill":
             done.kills.append(_kill_mid_stream(stack, watch, progress))
         else:
@@ -81,7 +81,7 @@ def run_disruptions(
 
 
 def _wait_for_progress(
-    progress: Callable[[], int | None], share: float, total: int, timeout: float
+    stack: SoakStack, progress: Callable[[], int | None], share: float, total: int
 ) -> None:
     target = max(1, int(share * total))
     seen: dict[str, int] = {}
@@ -97,7 +97,12 @@ def _wait_for_progress(
             )
         return count >= target
 
-    wait_until(reached, timeout, POLL_S, what=f"{share:.0%} of the requests to finish")
+    stack.budget.wait_until(
+        reached,
+        stack.config.disruption_timeout_s,
+        POLL_S,
+        what=f"{share:.0%} of the requests to finish",
+    )
 
 
 def _kill_mid_stream(
@@ -120,7 +125,7 @@ def _kill_mid_stream(
             found["pending"] = [r for r in records if r.get("outcome") == "pending"]
         return bool(mine)
 
-    wait_until(
+    stack.budget.wait_until(
         host_a_mid_stream, stack.config.disruption_timeout_s, POLL_S, what="host A mid-stream"
     )
     at = time.time()
@@ -141,12 +146,16 @@ def _kill_mid_stream(
 
 def _outage(stack: SoakStack, progress: Callable[[], int | None]) -> Outage:
     count = progress() or 0
+    # Begun, an outage must end: only start one the budget can see through.
+    stack.budget.require(stack.config.outage_s + stack.config.service_start_s, "an outage")
     down_at = time.time()
     stack.stop_storage()
     log.info("Azurite stopped; restarting in %.0fs", stack.config.outage_s)
-    # The outage's length is the point of the exercise, not a guess at readiness.
-    time.sleep(max(0.0, down_at + stack.config.outage_s - time.time()))
-    stack.start_storage()
+    try:
+        # The outage's length is the point of the exercise, not a guess at readiness.
+        time.sleep(max(0.0, down_at + stack.config.outage_s - time.time()))
+    finally:
+        stack.start_storage()
     up_at = time.time()
     log.info("Azurite back after %.1fs", up_at - down_at)
     return Outage(down_at, up_at, count)

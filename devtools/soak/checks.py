@@ -7,10 +7,15 @@ Why each check is honest about what it can see:
 - Images: Azurite keeps no blob versions, so the blob tap logged every Put Blob with the sha256 of
   its body. An image blob fails if two writes that may have been applied carry different contents,
   if it was written after its request's terminal record was created (the manifest is written last),
-  or if it holds something else than the record lists. The emulator draws the same picture for the
-  same request, so a re-made call stores identical bytes: what this catches is a wrong write (a
-  partial stored as the final, a cut body, another request's image, a stale delivery writing late),
-  not two different generations, which this emulator cannot produce.
+  or if it holds something else than the record lists.
+- Generations: the emulator writes each call's apim-request-id into the images it draws, so a
+  stored image names the call that made it. It must be a call of its own request that succeeded,
+  and the one its record lists as that image's success; an image whose record lists two successes
+  was generated twice on the record, which only a kill or the outage between the two may explain
+  (the call is recorded before its image is stored, so a crash in between costs the image again). `generations` counts, per image, the calls that drew it.
+- Writes after the end: once a request's terminal record exists, nothing but its status.json may
+  be written under it (no image, no partial, no other record).
+- Script: every scripted 429 was served (a request that never met its 429 was not tested).
 - Status: once a request has a terminal record, its status.json must say so and hold no lease
   (the run waits out a lock lease before looking).
 - Calls against the cap: see `accounting.py`.
@@ -19,13 +24,15 @@ Why each check is honest about what it can see:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from devtools.soak.accounting import CallAccount
 from devtools.soak.blobtap import BlobWrite
 from devtools.soak.evidence import IMAGE_BLOB, Evidence
+from devtools.soak.observe import call_id
 from devtools.soak.workload import Workload
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "rejected"})
@@ -150,16 +157,7 @@ def check_writes(evidence: Evidence, container: str) -> list[Violation]:
             found.append(
                 Violation("writes", f"{name}: written with {len(contents)} different contents")
             )
-        created = record_created.get(name.partition("/")[0])
-        late = [
-            w for w in writes if w.maybe_applied and created is not None and w.started > created
-        ]
-        if late:
-            found.append(
-                Violation(
-                    "writes", f"{name}: written {late[0].started - created:.2f}s after its record"
-                )
-            )
+    found += _written_after_record(evidence, container, record_created)
     for name in evidence.images:
         if name not in by_blob:
             found.append(Violation("writes", f"{name}: stored, but the tap saw no write of it"))
@@ -168,6 +166,147 @@ def check_writes(evidence: Evidence, container: str) -> list[Violation]:
         }:
             found.append(Violation("writes", f"{name}: holds content no logged write carried"))
     return found
+
+
+def _written_after_record(
+    evidence: Evidence, container: str, record_created: dict[str, float]
+) -> list[Violation]:
+    """Any write under a finished request but its status.json (which the end itself rewrites)."""
+    found: list[Violation] = []
+    for write in sorted(evidence.writes, key=lambda w: w.started):
+        folder, _, rest = write.blob.partition("/")
+        created = record_created.get(folder)
+        if write.container != container or created is None or rest == "status.json":
+            continue
+        if not write.maybe_applied or write.started <= created:
+            continue
+        if rest in ("manifest.json", "error.json") and write.sha256 == _record_sha(
+            evidence, folder, rest
+        ):
+            continue  # the same record again (a redelivery repairing it) changes nothing
+        found.append(
+            Violation(
+                "writes", f"{write.blob}: written {write.started - created:.2f}s after its record"
+            )
+        )
+    return found
+
+
+def _record_sha(evidence: Evidence, folder: str, name: str) -> str:
+    first = [w.sha256 for w in evidence.writes if w.blob == f"{folder}/{name}" and w.applied]
+    return first[0] if first else ""
+
+
+def generations(evidence: Evidence, n_by_id: dict[str, int]) -> dict[tuple[str, int], list[str]]:
+    """Per image (request, index): the calls that drew it (succeeded at the emulator), attributed
+    by the record, else by the stored bytes' embedded id, else to image 0 of a one-image request.
+    A call of an n > 1 request that neither names is not attributed."""
+    embedded = {
+        stored.call: (match["id"], int(match["index"]))
+        for name, stored in evidence.images.items()
+        if stored.call and (match := IMAGE_BLOB.match(name))
+    }
+    recorded: dict[str, int] = {}
+    for doc in [*evidence.errors.values(), *evidence.manifests.values()]:
+        for attempt in doc.get("attempts") or []:
+            if isinstance(attempt, dict) and attempt.get("apim_request_id"):
+                recorded[str(attempt["apim_request_id"])] = int(attempt.get("image_index") or 0)
+    drawn: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for call in evidence.calls:
+        request_id = call_id(call)
+        if request_id is None or call.get("outcome") != "succeeded":
+            continue
+        key = str(call["apim_request_id"])
+        if key in recorded:
+            drawn[(request_id, recorded[key])].append(key)
+        elif key in embedded and embedded[key][0] == request_id:
+            drawn[embedded[key]].append(key)
+        elif n_by_id.get(request_id, 1) == 1:
+            drawn[(request_id, 0)].append(key)
+    return dict(drawn)
+
+
+def check_generations(evidence: Evidence) -> list[Violation]:
+    """Each stored image was drawn by a succeeded call of its request, the one its record lists."""
+    found: list[Violation] = []
+    outcome = {str(c["apim_request_id"]): c for c in evidence.calls}
+    for request_id, doc in [*evidence.manifests.items(), *evidence.errors.items()]:
+        successes: dict[int, list[str]] = defaultdict(list)
+        for attempt in doc.get("attempts") or []:
+            if isinstance(attempt, dict) and attempt.get("outcome") == "succeeded":
+                successes[int(attempt.get("image_index") or 0)].append(
+                    str(attempt.get("apim_request_id"))
+                )
+        for index, keys in sorted(successes.items()):
+            if len(keys) > 1 and not _remade_after_disruption(evidence, keys):
+                found.append(
+                    Violation(
+                        "generations",
+                        f"{request_id} image {index}: generated {len(keys)} times on the record "
+                        f"({', '.join(keys)})",
+                    )
+                )
+        for image in _listed_images(doc):
+            name, index = str(image.get("blob")), int(image.get("index", -1))
+            stored = evidence.images.get(name)
+            if stored is None:
+                continue  # check_images says so
+            call = outcome.get(stored.call or "")
+            if stored.call is None:
+                found.append(Violation("generations", f"{name}: names no call"))
+            elif call is None or call_id(call) != request_id:
+                found.append(
+                    Violation(
+                        "generations", f"{name}: drawn by {stored.call}, not a call of its request"
+                    )
+                )
+            elif call.get("outcome") != "succeeded":
+                found.append(
+                    Violation(
+                        "generations",
+                        f"{name}: drawn by {stored.call}, which ended {call.get('outcome')}",
+                    )
+                )
+            elif stored.call not in successes.get(index, []):
+                listed = ", ".join(successes.get(index, [])) or "none"
+                found.append(
+                    Violation(
+                        "generations",
+                        f"{name}: drawn by {stored.call}, but its record's success for image "
+                        f"{index} is {listed}: generated again after it was recorded",
+                    )
+                )
+    return found
+
+
+def _remade_after_disruption(evidence: Evidence, keys: list[str]) -> bool:
+    """Each success but the last was followed, before the next call, by a kill or the outage: the
+    product records a call before it stores the image (a manifest never lists an image without
+    its call), so a crash in between costs the image once more. Anything else is a second
+    generation of an image already made."""
+    times = [evidence.call_times.get(key) for key in keys]
+    if any(t is None or t.ended is None for t in times):
+        return False
+    spans = sorted((t.arrived, t.ended) for t in times if t is not None and t.ended is not None)
+    moments = [k.at for k in evidence.disruptions.kills]
+    outages = [(o.down_at, o.up_at) for o in evidence.disruptions.outages]
+    for (_, ended), (arrived, _) in pairwise(spans):
+        if not any(ended <= at <= arrived for at in moments) and not any(
+            down <= arrived and up >= ended for down, up in outages
+        ):
+            return False
+    return True
+
+
+def generation_counts(drawn: dict[tuple[str, int], list[str]]) -> Counter[int]:
+    """How many images were drawn once, twice, ..."""
+    return Counter(len(keys) for keys in drawn.values())
+
+
+def check_script_served(evidence: Evidence) -> list[Violation]:
+    if not evidence.script_left:
+        return []
+    return [Violation("script", f"{evidence.script_left} scripted 429(s) never served")]
 
 
 def check_statuses(evidence: Evidence, workload: Workload) -> list[Violation]:
@@ -201,6 +340,7 @@ def check_statuses(evidence: Evidence, workload: Workload) -> list[Violation]:
 
 def check_calls(account: CallAccount) -> list[Violation]:
     found = [Violation("cap", text) for text in account.over_cap]
+    found += [Violation("excused", text) for text in account.over_bound]
     found += [
         Violation("calls", f"call in no record and no disruption: {t}") for t in account.unexplained
     ]

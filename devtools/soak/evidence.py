@@ -17,6 +17,7 @@ from azure.storage.blob import ContainerClient
 from devtools.soak.blobtap import BlobWrite
 from devtools.soak.chaos import Disruptions
 from devtools.soak.observe import CallTimes
+from emulators.image_deployment.stamp import embedded_id
 
 IMAGE_BLOB = re.compile(r"^(?P<id>[^/]+)/(?P<index>\d+)\.(png|jpg)$")
 
@@ -32,6 +33,7 @@ class StoredImage:
     sha256: str
     size: int
     metadata: dict[str, str]
+    call: str | None = None  # the apim-request-id the emulator wrote into the bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,10 @@ def read_storage(
         elif IMAGE_BLOB.match(blob.name):
             data = container.download_blob(blob.name).readall()
             images[blob.name] = StoredImage(
-                hashlib.sha256(data).hexdigest(), len(data), dict(blob.metadata or {})
+                hashlib.sha256(data).hexdigest(),
+                len(data),
+                dict(blob.metadata or {}),
+                embedded_id(data),
             )
     return manifests, errors, statuses, images, frozenset(folders)
 

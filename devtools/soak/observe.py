@@ -1,8 +1,8 @@
 """Watching the soak from outside: the emulator's calls over time, the hosts' logs, the progress.
 
-The emulator's request log says when a call arrived and how it ended, not when it ended; polling it
-twice a second gives each call a bracket for its end (last seen pending, first seen finished),
-which is what the checks need to say a call was in flight when a host was killed.
+The emulator's request log says when a call arrived and when it ended (its last byte out, or the
+client found gone); polling it twice a second also shows which calls are open right now, which is
+what picking a moment to kill a host needs.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class CallTimes:
     arrived: float
     last_pending: float | None  # last poll that saw it unfinished
     first_done: float | None  # first poll that saw it finished (None: never seen finished)
+    # The emulator's own time for its end: last byte out, or the client found gone (None: open).
+    ended: float | None = None
 
 
 class EmulatorWatch:
@@ -102,6 +104,7 @@ class EmulatorWatch:
                     epoch(str(record["time"])),
                     self._last_pending.get(key),
                     self._first_done.get(key),
+                    epoch(str(record["ended"])) if record.get("ended") else None,
                 )
                 for key, record in self._records.items()
             }

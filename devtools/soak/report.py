@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from devtools.soak.checks import generation_counts, generations
 from devtools.soak.run import SoakResult
 
 MAX_LISTED = 12  # per check; the rest are counted
@@ -24,6 +25,13 @@ def rows(result: SoakResult) -> list[tuple[str, str]]:
     kills = e.disruptions.kills
     downtime = sum(o.downtime_s for o in e.disruptions.outages)
     restarts = sum(1 for h in e.hosts if h.incarnation > 1)
+    drawn = generations(e, {r.id: r.n for r in result.workload.requests})
+    per_image = ", ".join(f"{k}x {v}" for k, v in sorted(generation_counts(drawn).items()))
+    named = sum(1 for i in e.images.values() if i.call)
+    bounds = ", ".join(
+        f"{d} {sum(1 for x in a.excused if x.disruption == d)}/{n}"
+        for d, n in sorted(a.in_flight.items())
+    )
     return [
         ("requests", str(result.config.requests)),
         ("succeeded (manifest.json)", str(len(e.manifests))),
@@ -47,6 +55,11 @@ def rows(result: SoakResult) -> list[tuple[str, str]]:
             f"{a.max_counted_per_image} (cap {result.config.max_attempts})",
         ),
         ("max billable calls per image", f"{a.max_billable_per_image:.1f}"),
+        (
+            "images by generations (from the bytes)",
+            f"{per_image or 'none'}; {named} of {len(e.images)} stored images name their call",
+        ),
+        ("excused / in flight per disruption", bounds or "none"),
         (
             "kills (SIGKILL of host a)",
             f"{len(kills)}: in flight "
@@ -80,6 +93,10 @@ def render(result: SoakResult) -> str:
     width = max(len(k) for k, _ in table)
     lines = [f"{k.ljust(width)}  {v}" for k, v in table]
     lines += [f"note: {n}" for n in result.notes]
+    for excused in result.account.excused:
+        lines.append(
+            f"excused {excused.request_id} {excused.call} ({excused.outcome}): {excused.reason}"
+        )
     by_check: dict[str, list[str]] = {}
     for violation in result.violations:
         by_check.setdefault(violation.check, []).append(violation.detail)

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from devtools.services import wait_until
 from devtools.soak import checks
 from devtools.soak.accounting import CallAccount, KilledProcess, account_calls
+from devtools.soak.budget import Budget, OutOfBudget
 from devtools.soak.chaos import Disruptions, run_disruptions
 from devtools.soak.config import SoakConfig
 from devtools.soak.evidence import Evidence, HostLogSummary, count_lines, read_storage
 from devtools.soak.observe import EmulatorWatch, HostLog
+from devtools.soak.plant import plant_double_generation
 from devtools.soak.stack import CONTAINER, QUEUE, SoakStack, start_hosts, start_stack
 from devtools.soak.workload import Workload, plan_workload
 from shared.client.producer import ImageRequestClient
@@ -51,19 +52,31 @@ def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
         raise ValueError(f"workdir {workdir} is not empty")
     workload = plan_workload(config)
     started = time.monotonic()
-    stack = start_stack(config, workdir)
+    budget = Budget(config.budget_s, config.reserve_s)
+    stack = start_stack(config, workdir, budget)
     watch: EmulatorWatch | None = None
     notes: list[str] = []
+    out_of_budget: list[checks.Violation] = []
+    disruptions = Disruptions()
     try:
         stack.emulator_script(list(workload.script))
         _submit_all(stack, workload)
         start_hosts(stack)
         watch = EmulatorWatch(stack.emulator_requests).start()
         progress = _progress_counter(stack)
-        disruptions = run_disruptions(stack, watch, progress, config.requests)
-        drained = _drain(stack, progress, config)
-        if not drained:
-            notes.append(f"did not drain within {config.drain_timeout_s:.0f}s; judged as it stood")
+        try:
+            run_disruptions(stack, watch, progress, config.requests, disruptions)
+            drained = _drain(stack, progress, config)
+            if not drained:
+                notes.append(
+                    f"did not drain within {config.drain_timeout_s:.0f}s; judged as it stood"
+                )
+            if config.plant_double_generation:
+                planted = plant_double_generation(stack, workload)
+                notes.append(f"test hook: planted a second generation of {planted}")
+        except OutOfBudget as exc:
+            # Judge what there is: the report says what was seen before the time ran out.
+            out_of_budget.append(checks.Violation("budget", str(exc)))
         stopped, watch = watch, None
         stopped.stop()
         evidence = _gather(stack, stopped, disruptions, time.monotonic() - started)
@@ -73,8 +86,10 @@ def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
         stack.close()
     n_by_id = {r.id: r.n for r in workload.requests}
     records = {**evidence.errors, **evidence.manifests}
+    # A host runs `threads` deliveries at once, each with up to n images in flight.
+    concurrency = config.threads * max(r.n for r in workload.requests)
     killed = [
-        KilledProcess(kill.at, HostLog.read(stack.hosts[0].logs[kill.incarnation - 1]))
+        KilledProcess(kill.at, HostLog.read(stack.hosts[0].logs[kill.incarnation - 1]), concurrency)
         for kill in disruptions.kills
     ]
     account = account_calls(
@@ -85,22 +100,28 @@ def run_soak(config: SoakConfig, workdir: Path | None = None) -> SoakResult:
         disruptions,
         config.max_attempts,
         killed,
+        evidence.writes,
     )
     violations = [
+        *out_of_budget,
         *checks.check_terminal_records(evidence, workload),
         *checks.check_expected_outcomes(evidence, workload),
         *checks.check_images(evidence, workload),
         *checks.check_writes(evidence, CONTAINER),
+        *checks.check_generations(evidence),
+        *checks.check_script_served(evidence),
         *checks.check_statuses(evidence, workload),
         *checks.check_calls(account),
         *checks.check_hosts(evidence),
         *checks.check_drained(evidence),
     ]
-    _dump(workdir / "evidence.json", evidence, violations)
+    _dump(workdir / "evidence.json", evidence, violations, account)
     return SoakResult(config, workload, evidence, account, violations, workdir, notes)
 
 
-def _dump(path: Path, evidence: Evidence, violations: list[checks.Violation]) -> None:
+def _dump(
+    path: Path, evidence: Evidence, violations: list[checks.Violation], account: CallAccount
+) -> None:
     """The raw evidence beside the logs, for a post-mortem of a failed run."""
     doc = {
         "violations": [asdict(v) for v in violations],
@@ -112,6 +133,7 @@ def _dump(path: Path, evidence: Evidence, violations: list[checks.Violation]) ->
             if str(call["apim_request_id"]) in evidence.call_times
         ],
         "writes": [asdict(w) for w in evidence.writes],
+        "excused": [asdict(x) for x in account.excused],
     }
     path.write_text(json.dumps(doc, indent=1, default=str))
 
@@ -163,7 +185,9 @@ def _drain(stack: SoakStack, progress: Callable[[], int | None], config: SoakCon
             return False
 
     try:
-        wait_until(settled, config.drain_timeout_s, 0.5, what="the soak to drain")
+        stack.budget.wait_until(settled, config.drain_timeout_s, 0.5, what="the soak to drain")
+    except OutOfBudget:
+        raise
     except TimeoutError:
         return False
     return True

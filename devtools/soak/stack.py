@@ -19,6 +19,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from devtools import azurite
 from devtools.services import Service, distinct_free_ports
 from devtools.soak.blobtap import BlobTap
+from devtools.soak.budget import Budget
 from devtools.soak.config import SoakConfig
 from devtools.soak.workload import BLOCKED_PHRASE
 from devtools.stack import (
@@ -81,6 +82,7 @@ class SoakStack:
     ports: tuple[int, int, int]  # Azurite's blob, queue, table
     hosts: list[HostSlot]
     api_key: str = field(repr=False)
+    budget: Budget = field(repr=False, default_factory=lambda: Budget(840.0, 60.0))
     _host_env: dict[str, str] = field(repr=False, default_factory=dict)
 
     # -- clients (straight to Azurite, not through the tap: only the hosts' writes are logged) --
@@ -88,6 +90,11 @@ class SoakStack:
     @property
     def connection_string(self) -> str:
         return azurite.connection_string(*self.ports)
+
+    @property
+    def host_storage_connection_string(self) -> str:
+        """What the hosts use: blobs through the tap, so a write made with it is logged."""
+        return self._host_env["AzureWebJobsStorage"]
 
     def queue(self, name: str = QUEUE, **kwargs: object) -> QueueClient:
         service = QueueServiceClient.from_connection_string(self.connection_string, **kwargs)
@@ -139,27 +146,33 @@ class SoakStack:
         self.azurite.stop()
 
     def start_storage(self) -> None:
-        self.azurite = _start_azurite(self.workdir, self.ports, len(self._azurite_logs()))
+        # From the reserve if need be: the evidence is read from this Azurite.
+        timeout = self.budget.final(self.config.service_start_s)
+        self.azurite = _start_azurite(self.workdir, self.ports, len(self._azurite_logs()), timeout)
         self.tap.resume()
 
     def _azurite_logs(self) -> list[Path]:
         return sorted(self.workdir.glob("azurite-*.log"))
 
     def close(self) -> None:
+        # Each stop waits at most twice its timeout (SIGTERM, then SIGKILL): small, from the reserve.
         for slot in self.hosts:
             for service in slot.incarnations:
                 with contextlib.suppress(Exception):
-                    service.stop(timeout=5)
+                    service.stop(timeout=min(5.0, self.budget.final(5.0)))
         with contextlib.suppress(Exception):
-            self.emulator.stop()
+            self.emulator.stop(timeout=min(5.0, self.budget.final(5.0)))
         self.tap.stop()
         with contextlib.suppress(Exception):
-            self.azurite.stop()
+            self.azurite.stop(timeout=min(10.0, self.budget.final(10.0)))
 
 
-def _start_azurite(workdir: Path, ports: tuple[int, int, int], generation: int) -> Service:
+def _start_azurite(
+    workdir: Path, ports: tuple[int, int, int], generation: int, timeout: float
+) -> Service:
     blob, queue, table = ports
     return azurite.start_azurite(
+        timeout=timeout,
         blob_port=blob,
         queue_port=queue,
         table_port=table,
@@ -168,7 +181,7 @@ def _start_azurite(workdir: Path, ports: tuple[int, int, int], generation: int) 
     )
 
 
-def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
+def start_stack(config: SoakConfig, workdir: Path, budget: Budget) -> SoakStack:
     """Azurite, tap and emulator; the hosts are added by `start_hosts` once work is queued."""
     workdir.mkdir(parents=True, exist_ok=True)
     blob, queue, table, tap_port, emulator_port = distinct_free_ports(5)
@@ -176,7 +189,7 @@ def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
     services: list[Service] = []
     tap: BlobTap | None = None
     try:
-        store = _start_azurite(workdir, ports, 0)
+        store = _start_azurite(workdir, ports, 0, budget.allow(config.service_start_s))
         services.append(store)
         tap = BlobTap(tap_port, upstream_port=ports[0]).start()
         url = emulator_url(emulator_port)
@@ -186,6 +199,7 @@ def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
             api_key=api_key,
             deployment=DEPLOYMENT,
             log_path=workdir / "emulator.log",
+            timeout=budget.allow(config.service_start_s),
             args=(
                 "--time-scale", str(config.time_scale),
                 "--fault-rate", str(config.fault_rate),
@@ -204,7 +218,7 @@ def start_stack(config: SoakConfig, workdir: Path) -> SoakStack:
         raise
     stack = SoakStack(
         config, workdir, store, tap, emulator, url, ports,
-        [HostSlot("a"), HostSlot("b")], api_key,
+        [HostSlot("a"), HostSlot("b")], api_key, budget,
     )  # fmt: skip
     stack._host_env = {
         **host_settings(

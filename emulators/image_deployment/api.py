@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from . import events, limiter, multipart
+from . import entra, events, limiter, multipart
 from .clock import ScaledClock
 from .config import Config, ConfigHolder
+from .entra import TokenCheck
 from .images import ImageCache
 from .limiter import Decision, RateLimiter
 from .plan import Answer, Plan, plan, rate_limited
-from .requestlog import RequestLog, RequestRecord
+from .requestlog import RequestLog, RequestRecord, now_iso
 from .script import FaultDice, Script
 from .validation import ImageRequest, InvalidRequest, ModerationBlocked, Upload, validate
 
@@ -72,15 +73,20 @@ class Routed:
     arrived_s: float  # emulated clock at arrival; the plan's times count from here
 
 
-def _auth(headers: Mapping[str, str], key: str) -> tuple[str, bool]:
+def _auth(headers: Mapping[str, str], config: Config) -> tuple[str, TokenCheck]:
     api_key = headers.get("api-key")
     bearer = headers.get("authorization") or ""
     if api_key is not None:
-        return "api-key", api_key == key
+        return "api-key", TokenCheck(api_key == config.api_key, "")
     scheme, _, token = bearer.strip().partition(" ")
     if scheme.lower() == "bearer":
-        return "bearer", bool(token.strip())  # any Entra ID token passes; the emulator trusts it
-    return "none", False
+        token = token.strip()
+        if not token:
+            return "bearer", TokenCheck(False, "empty token")
+        if config.entra_key is None:
+            return "bearer", TokenCheck(True, "")  # unchecked: any Entra ID token passes
+        return "bearer", entra.check(token, config.entra_key, time.time())
+    return "none", TokenCheck(False, "")
 
 
 def _fields(incoming: Incoming) -> tuple[dict[str, Any], list[Upload], bool]:
@@ -116,7 +122,7 @@ def route(state: State, incoming: Incoming) -> Routed:
     deployment = config.deployment(incoming.deployment)
     rule = config.rate_rule(deployment)
     headers = _headers(state.limiter.peek(incoming.deployment, now, rule), config.time_scale)
-    auth, authorized = _auth(incoming.headers, config.api_key)
+    auth, checked = _auth(incoming.headers, config)
     api_version = (incoming.query.get("api-version") or [""])[0]
     try:
         fields, uploads, from_form = _fields(incoming)
@@ -124,7 +130,7 @@ def route(state: State, incoming: Incoming) -> Routed:
     except InvalidRequest as error:
         fields, uploads, from_form, parse_error = {}, [], False, error
     record = RequestRecord(
-        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        time=now_iso(),
         deployment=incoming.deployment,
         endpoint=incoming.endpoint,
         auth=auth,
@@ -134,14 +140,17 @@ def route(state: State, incoming: Incoming) -> Routed:
         ),
         apim_request_id=headers["apim-request-id"],
         x_request_id=headers["x-request-id"],
+        token_id=checked.token_id,
+        auth_failure=checked.reason or None,
     )
     log_key = state.log.add(record)
 
     def done(answer: Plan, request: ImageRequest | None = None) -> Routed:
         return Routed(answer, request, headers, log_key, now)
 
-    if not authorized:
-        return done(Answer(401, events.unauthorized(), "auth_error"))
+    if not checked.ok:
+        body = events.unauthorized_token() if auth == "bearer" else events.unauthorized()
+        return done(Answer(401, body, "auth_error"))
     if deployment is None:
         return done(Answer(404, events.deployment_not_found(), "not_found"))
     if not api_version:

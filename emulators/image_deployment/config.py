@@ -55,6 +55,8 @@ class Config:
     rate_rounding: Rounding = Rounding.CEIL
     rate_admit_fraction: float = 1.0
     model: str = DEFAULT_MODEL
+    # Verifies Entra ID bearer tokens (HS256: signature, audience, expiry); None: any passes.
+    entra_key: str | None = field(default=None, repr=False)
 
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
@@ -86,6 +88,7 @@ class Config:
             "rate_rounding": self.rate_rounding.value,
             "rate_admit_fraction": self.rate_admit_fraction,
             "model": self.model,
+            "entra_tokens_checked": self.entra_key is not None,
         }
 
 
@@ -209,6 +212,11 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
     "port": (_port, "port to listen on (0 picks a free one)"),
     "api_key": (_non_empty, "the key the api-key header must carry"),
     "blocked_phrase": (_non_empty, "prompts containing it get 400 moderation_blocked"),
+    "entra_key": (
+        _non_empty,
+        "HS256 key that verifies Entra ID bearer tokens (signature, audience "
+        "https://cognitiveservices.azure.com, expiry); without it any non-empty token passes",
+    ),
     "time_scale": (_positive_float, "1.0 = real durations; 0.01 makes 245 s take 2.45 s"),
     "rpm": (_rpm, "requests per minute per deployment, unless the deployment says otherwise"),
     "gateway_timeout_s": (_positive_float, "408 when no byte was sent for this long"),

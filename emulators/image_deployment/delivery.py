@@ -96,14 +96,16 @@ def _image_key(request: ImageRequest, stage: int, variant: int = 0) -> ImageKey:
     )  # fmt: skip
 
 
-def _b64(state: State, key: ImageKey) -> str:
-    return base64.b64encode(state.images.get(key, state.config.get().payload_scale)).decode()
+def _b64(state: State, key: ImageKey, call_id: str) -> str:
+    """The image stamped with the call's apim-request-id: no two calls send the same bytes."""
+    data = state.images.get(key, state.config.get().payload_scale, call_id)
+    return base64.b64encode(data).decode()
 
 
 _NOT_AN_IMAGE = b"This is not an image: the emulator was scripted to send text. " * 32
 
 
-def _final_b64(state: State, request: ImageRequest, tamper: str | None, variant: int = 0) -> str | None:  # fmt: skip
+def _final_b64(state: State, request: ImageRequest, tamper: str | None, call_id: str, variant: int = 0) -> str | None:  # fmt: skip
     """The final image's base64, or the scripted bad payload (`bad_completed`) in its place."""
     key = _image_key(request, -1, variant)
     if tamper == "no_image":
@@ -112,8 +114,8 @@ def _final_b64(state: State, request: ImageRequest, tamper: str | None, variant:
         return base64.b64encode(_NOT_AN_IMAGE).decode()
     if tamper == "wrong_format":
         other = "png" if request.output_format == "jpeg" else "jpeg"
-        return _b64(state, replace(key, output_format=other, compression=None))
-    good = _b64(state, key)
+        return _b64(state, replace(key, output_format=other, compression=None), call_id)
+    good = _b64(state, key, call_id)
     if tamper == "broken_base64":
         # Characters outside the alphabet and a length that is not a multiple of 4: a strict
         # decoder refuses the first, a lenient one (which skips them) the padding.
@@ -122,15 +124,17 @@ def _final_b64(state: State, request: ImageRequest, tamper: str | None, variant:
     return good
 
 
-def _frame(state: State, request: ImageRequest, step: Step, sequence: int, partials: int) -> bytes:
+def _frame(
+    state: State, request: ImageRequest, step: Step, sequence: int, partials: int, call_id: str
+) -> bytes:
     created = int(time.time())
     if step.kind is StepKind.ERROR:
         return events.error_event(request, sequence)
     if step.partial_index is not None:
-        b64 = _b64(state, _image_key(request, step.partial_index))
+        b64 = _b64(state, _image_key(request, step.partial_index), call_id)
         index = "x" if step.tamper == "bad_index" else step.partial_index
         return events.partial_event(request, b64, index, created)
-    b64_final = _final_b64(state, request, step.tamper)
+    b64_final = _final_b64(state, request, step.tamper, call_id)
     return events.completed_event(request, b64_final, created, partials)
 
 
@@ -172,7 +176,8 @@ def _json(
         body = json_bytes({"error": events.server_error(request)})
         status = 500
     else:
-        images = [_final_b64(state, request, step.tamper, k) for k in range(request.n)]
+        call_id = routed.headers["apim-request-id"]
+        images = [_final_b64(state, request, step.tamper, call_id, k) for k in range(request.n)]
         body = json_bytes(events.json_result(request, images, int(time.time())))
         status = 200
     _wait(state, routed, step.at_s)
@@ -195,7 +200,10 @@ def _stream(
 ) -> str:
     started = False
     for sequence, step in enumerate(plan.steps):
-        frame = _frame(state, request, step, sequence, plan.partials)  # before the wait
+        # Drawn before the wait, so the wait alone decides when it is sent.
+        frame = _frame(
+            state, request, step, sequence, plan.partials, routed.headers["apim-request-id"]
+        )
         _wait(state, routed, step.at_s)
         if not started:
             headers = routed.headers | {

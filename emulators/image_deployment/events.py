@@ -203,6 +203,17 @@ def unauthorized() -> dict[str, Any]:
     }
 
 
+def unauthorized_token() -> dict[str, Any]:
+    """What the service answers a bearer token that is invalid, for another audience or expired."""
+    return {
+        "error": {
+            "code": "401",
+            "message": "Unauthorized. Access token is missing, invalid, audience is incorrect "
+            "(https://cognitiveservices.azure.com), or have expired.",
+        }
+    }
+
+
 def deployment_not_found() -> dict[str, Any]:
     return {
         "error": {

@@ -3,6 +3,7 @@
 The picture is cheap to draw and compresses well (gradients and flat shapes derived from the prompt),
 so the encoded image is small; it is then padded up to the byte size the real service would send
 with an incompressible ancillary chunk (PNG, `raNd`, which decoders skip) or COM segments (JPEG).
+Each call's images carry its apim-request-id (`stamp.py`), so no two calls send the same bytes.
 `--payload-scale` scales that target, so small values shrink bytes but never dimensions.
 Partial images are the same scene drawn on a coarse grid and enlarged with nearest-neighbour, so
 each is visibly blockier than the next and than the final.
@@ -11,15 +12,16 @@ each is visibly blockier than the next and than the final.
 from __future__ import annotations
 
 import hashlib
-import io
 import random
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
+
+from .stamp import JpegCanvas, PngCanvas, encode_jpeg
+
+Canvas = PngCanvas | JpegCanvas
 
 # Bytes per pixel of what the service sends (PNG ≈ 4.6 MB at 2048² high).
 _BYTES_PER_PIXEL = {
@@ -27,8 +29,6 @@ _BYTES_PER_PIXEL = {
     "jpeg": {"low": 0.08, "medium": 0.16, "high": 0.3},
 }
 PARTIAL_SHARE = 0.5  # a partial is about half the final's bytes
-_PNG_PAD_TYPE = b"raNd"  # ancillary, private, safe to copy
-_JPEG_SEGMENT = 65_533
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,73 +104,49 @@ def draw(key: ImageKey) -> Image.Image:
     return scene
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _pad_png(encoded: bytes, pad: int, rng: random.Random) -> bytes:
-    if pad <= 12:
-        return encoded
-    iend = encoded.rindex(b"IEND") - 4
-    return encoded[:iend] + _png_chunk(_PNG_PAD_TYPE, rng.randbytes(pad - 12)) + encoded[iend:]
-
-
-def _pad_jpeg(encoded: bytes, pad: int, rng: random.Random) -> bytes:
-    segments = []
-    while pad > 4:
-        size = min(_JPEG_SEGMENT, pad - 4)
-        segments.append(b"\xff\xfe" + struct.pack(">H", size + 2) + rng.randbytes(size))
-        pad -= size + 4
-    return encoded[:2] + b"".join(segments) + encoded[2:]
-
-
-def _encode_plain(scene: Image.Image, key: ImageKey, jpeg_quality: int) -> bytes:
-    out = io.BytesIO()
-    if key.output_format == "png":
-        scene.save(out, "PNG", compress_level=6)
-    else:
-        scene.convert("RGB").save(out, "JPEG", quality=jpeg_quality)
-    return out.getvalue()
-
-
-def encode(key: ImageKey, payload_scale: float) -> bytes:
+def canvas(key: ImageKey, payload_scale: float) -> Canvas:
+    """The picture drawn and (PNG) compressed once, ready to be stamped per call."""
     scene = draw(key)
     target = target_bytes(key, payload_scale)
+    seed = _rng(key).getrandbits(64)
+    if key.output_format == "png":
+        return PngCanvas.of(scene, target, seed)
+    rgb = scene.convert("RGB")
     quality = 85 if key.compression is None else max(5, min(95, key.compression))
-    encoded = _encode_plain(scene, key, quality)
-    if len(encoded) > target and key.output_format == "jpeg":
-        encoded = _encode_plain(scene, key, 20)  # a small payload scale asks for fewer bytes
-    pad = target - len(encoded)
-    if pad <= 0:
-        return encoded
-    rng = _rng(key)
-    return (
-        _pad_png(encoded, pad, rng) if key.output_format == "png" else _pad_jpeg(encoded, pad, rng)
-    )
+    if len(encode_jpeg(rgb, quality)) > target:
+        quality = 20  # a small payload scale asks for fewer bytes
+    return JpegCanvas(rgb, quality, target, seed)
+
+
+def encode(key: ImageKey, payload_scale: float, call_id: str | None = None) -> bytes:
+    """The encoded image; `call_id` (the call's apim-request-id) is written into it when given."""
+    return canvas(key, payload_scale).render(call_id)
 
 
 class ImageCache:
-    """Encoded images by key, bounded in bytes: the same prompt and size is drawn once."""
+    """Canvases by key, bounded in bytes: the same prompt and size is drawn once, stamped per call."""
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._max = max_bytes
         self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[ImageKey, float], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[ImageKey, float], Canvas] = OrderedDict()
         self._size = 0
 
-    def get(self, key: ImageKey, payload_scale: float) -> bytes:
-        """The encoded image; the scale is part of the key because the control API can change it."""
+    def get(self, key: ImageKey, payload_scale: float, call_id: str | None = None) -> bytes:
+        """The encoded image stamped with `call_id`; the scale is part of the key because the
+        control API can change it."""
         entry = (key, payload_scale)
         with self._lock:
-            if entry in self._items:
+            found = self._items.get(entry)
+            if found is not None:
                 self._items.move_to_end(entry)
-                return self._items[entry]
-        data = encode(key, payload_scale)  # outside the lock: other streams keep going
-        with self._lock:
-            if entry not in self._items:
-                self._items[entry] = data
-                self._size += len(data)
-            while self._size > self._max and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
-        return data
+        if found is None:
+            found = canvas(key, payload_scale)  # outside the lock: other streams keep going
+            with self._lock:
+                if entry not in self._items:
+                    self._items[entry] = found
+                    self._size += found.size
+                while self._size > self._max and len(self._items) > 1:
+                    _, dropped = self._items.popitem(last=False)
+                    self._size -= dropped.size
+        return found.render(call_id)

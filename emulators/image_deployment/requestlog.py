@@ -9,7 +9,13 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
+
+
+def now_iso() -> str:
+    """Now, as the log writes times: ISO 8601 UTC to the millisecond."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +32,11 @@ class RequestRecord:
     outcome: str = "pending"
     scripted: dict[str, Any] | None = None  # the script entry or random fault applied
     partials_sent: int = 0
-    ended: str | None = (
-        None  # ISO 8601 UTC, when the answer was complete (or cut); None while pending
-    )
+    # When the last byte went out or the client was found gone (None while it lasts): with `time`,
+    # the span a client's crash or an outage must overlap to explain a call it never recorded.
+    ended: str | None = None
+    token_id: str | None = None  # a checked bearer token's `jti` (never the token)
+    auth_failure: str | None = None  # why a bearer token was refused (never the token)
 
     def public(self) -> dict[str, Any]:
         shown = asdict(self)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import admin, events
 from .api import Incoming, State, request_ids, route
 from .delivery import ClientGone, Sender, deliver
+from .requestlog import now_iso
 
 log = logging.getLogger("emulator")
 _API = re.compile(r"^/openai/deployments/([^/]+)/images/(generations|edits)$")
@@ -106,7 +106,6 @@ class Handler(BaseHTTPRequestHandler):
                 status=sender.status,
                 outcome=outcome,
                 partials_sent=sender.partials,
-                ended=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             )
 
         sender = Sender(self.wfile, self.connection, self._start, record)
@@ -115,6 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             outcome = "client_closed"
             record(sender, outcome)
+        state.log.update(routed.log_key, ended=now_iso())
         # After a drop, an error frame or a gone client the service hangs up.
         if outcome in ("client_closed", "dropped", "server_error"):
             self.close_connection = True

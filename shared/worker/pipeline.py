@@ -400,6 +400,11 @@ class _Job:
                 # Another thread or instance took the slot first; the router's view now says when.
                 self._stop.wait(MIN_PICK_PAUSE_S)
                 return
+            if self.lock is not None and self.lock.lost:
+                # The claim may have waited out a storage outage that cost the lease: a call now
+                # could be made again by the delivery that holds it next. Found by the soak.
+                self.rt.router.release(claim)
+                self._check_lock()
             with self._mutex:
                 number = self.history.reserve_number()
             result: AttemptResult | None = None
