@@ -486,7 +486,8 @@ def test_three_hosts_share_one_deployments_quota_through_storage(
     )
     assert shared.busiest <= RPM, shared
     assert shared.throttled <= 4, shared
-    # Each host keeps its own 10 a window: together they try about three times the rate, and the
-    # deployment answers the excess with 429s.
+    # Each host keeps its own pace of 10 a minute: together they offer three times the rate, and
+    # the deployment's minute holds more than its limit (the periods admit a little over it, the
+    # rest is answered with 429s, which each host's pace then adapts to).
     assert per_process.busiest > RPM, per_process
-    assert per_process.throttled >= max(10, 3 * shared.throttled), (shared, per_process)
+    assert per_process.throttled >= shared.throttled, (shared, per_process)

@@ -20,8 +20,11 @@ def record(kind: str, blob: func.InputStream) -> None:
         "uri": blob.uri,
         "body": body.decode(),
     }
-    with open(os.path.join(PROBE, f"{kind}-{uuid.uuid4().hex}.json"), "w") as f:
+    # Written aside, then renamed: the test reads the folder while functions run.
+    path = os.path.join(PROBE, f"{kind}-{uuid.uuid4().hex}.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(doc, f)
+    os.replace(path + ".tmp", path)
     if body.decode() in FAIL:
         raise RuntimeError(f"told to fail on {blob.name}")
 
