@@ -9,7 +9,7 @@ import pytest
 from shared.policy.pacer import Pace, PaceKeeper, PacePolicy
 
 T0 = 1_700_000_000.0
-TEN = PacePolicy(rpm=10, window_s=60.0, guard=0.0)  # one send per 6 s
+TEN = PacePolicy(rpm=10, window_s=60.0, guard=0.0, catch_up=0.0)  # one send per 6 s
 
 
 def sends(policy: PacePolicy, times: list[float], pace: Pace | None = None) -> list[float]:
@@ -37,12 +37,33 @@ def test_sends_are_spaced_evenly_not_counted_per_minute() -> None:
     assert sends(TEN, [T0, T0 + 6.0, T0 + 12.0, T0 + 13.0]) == [0.0, 0.0, 0.0, 5.0]
 
 
+def test_a_send_a_little_late_keeps_the_schedule_a_long_idle_does_not_bank() -> None:
+    policy = PacePolicy(rpm=10, window_s=60.0, guard=0.0, catch_up=0.1)
+    pace, _ = Pace.start(policy).admit(T0, policy)  # next slot T0 + 6
+    late, wait = pace.admit(T0 + 6.5, policy)  # half a second late: under 0.6 s of catch-up
+    assert wait == 0.0 and late.tat == T0 + 12.0  # the next slot keeps its place
+    very_late, _ = pace.admit(T0 + 20.0, policy)
+    assert very_late.tat == T0 + 26.0  # later than that (or idle): the schedule starts again
+
+
+def test_catching_up_never_puts_three_sends_in_one_ten_second_period() -> None:
+    policy = PacePolicy(rpm=10)  # the product's own: 2 % guard, 10 % catch-up
+    pace, sends = Pace.start(policy), []
+    now = T0
+    for lateness in [0.0, 0.6, 0.0, 0.61, 0.0, 0.3, 0.6, 0.0] * 4:
+        now = max(now, pace.tat) + lateness
+        pace, wait = pace.admit(now, policy)
+        assert wait == 0.0
+        sends.append(now)
+    assert max(sum(1 for t in sends if s <= t < s + 10.0) for s in sends) <= 2
+
+
 def test_a_burst_allows_that_many_ahead_of_the_schedule() -> None:
-    policy = PacePolicy(rpm=10, window_s=60.0, guard=0.0, burst=3)
+    policy = PacePolicy(rpm=10, window_s=60.0, guard=0.0, burst=3, catch_up=0.0)
     assert sends(policy, [T0] * 4) == [0.0, 0.0, 0.0, 6.0]
 
 
-def test_an_idle_deployment_does_not_bank_sends() -> None:
+def test_an_idle_deployment_does_not_bank_sends() -> None:  # beyond the catch-up (none here)
     pace, _ = Pace.start(TEN).admit(T0, TEN)
     assert sends(TEN, [T0 + 600.0, T0 + 600.0], pace) == [0.0, 6.0]
 
@@ -87,7 +108,7 @@ def test_a_stored_pace_is_fitted_to_the_current_settings() -> None:
     assert Pace(interval_s=1e6).fitted(TEN).interval_s == 48.0
 
 
-def test_keeper_paces_each_deployment_apart_with_a_fake_clock() -> None:
+def test_keeper_paces_each_deployment_apart_with_a_fake_clock() -> None:  # (default policy)
     now = [T0]
     keeper = PaceKeeper(window_s=60.0, clock=lambda: now[0])
     assert keeper.acquire_wait("a", 10) == 0.0

@@ -46,6 +46,10 @@ class PacePolicy:
     slowdown: float = 1.25  # a 429 multiplies the interval by this (the rate by 0.8)
     recovery: float = 0.02  # each send adds this share of the nominal rate back
     slowest: float = 8.0  # the interval never grows past this many nominal intervals
+    # A send that left this share of an interval late does not push the schedule back: slots keep
+    # their places, so the per-send overhead (a storage round trip) does not slow the pace. Small
+    # enough that no 10 s period ever holds more than RPM x 10 / 60 rounded up at the guard's pace.
+    catch_up: float = 0.1
 
     def __post_init__(self) -> None:
         if self.rpm < 1 or not self.window_s > 0 or self.burst < 1:
@@ -88,7 +92,9 @@ class Pace:
         # Additive increase of the rate, back toward the nominal one.
         rate = 1.0 / pace.interval_s + policy.recovery / policy.nominal_s
         interval = max(policy.nominal_s, 1.0 / rate)
-        return replace(pace, interval_s=interval, tat=max(pace.tat, now) + interval), 0.0
+        on_schedule = now - pace.tat <= policy.catch_up * pace.interval_s
+        start = pace.tat if on_schedule else now  # late by more (or idle): the schedule restarts
+        return replace(pace, interval_s=interval, tat=start + interval), 0.0
 
     def throttled(self, now: float, retry_after_s: float | None, policy: PacePolicy) -> Pace:
         """A 429: slow down, give back the refused call's slot, and pause until its Retry-After."""
