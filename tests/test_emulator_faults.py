@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import requests
+from emulator_calls import edit, post
 
-API_VERSION = "2025-04-01-preview"
 SMALL = {"prompt": "a pear", "size": "1024x1024", "quality": "low", "stream": True}
 SERVER_ERROR = {
     "type": "server_error",
@@ -25,27 +25,6 @@ EDIT_ERROR = {
     "message": "Image generation failed",
     "param": None,
 }
-PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
-
-
-def url(emulator: Any, endpoint: str = "generations", deployment: str | None = None) -> str:
-    name = deployment or emulator.deployment
-    return emulator.url(f"/openai/deployments/{name}/images/{endpoint}?api-version={API_VERSION}")
-
-
-def post(emulator: Any, body: dict[str, Any], deployment: str | None = None, **kw: Any) -> requests.Response:  # fmt: skip
-    kw.setdefault("timeout", 30)
-    return requests.post(
-        url(emulator, deployment=deployment), json=body, headers={"api-key": emulator.api_key}, **kw
-    )
-
-
-def edit(emulator: Any, fields: dict[str, str], deployment: str | None = None) -> requests.Response:
-    return requests.post(
-        url(emulator, "edits", deployment), data=fields,
-        files=[("image", ("in.png", PNG_BYTES, "image/png"))],
-        headers={"api-key": emulator.api_key}, timeout=30,
-    )  # fmt: skip
 
 
 def sse_events(text: str) -> list[tuple[str | None, dict[str, Any]]]:
