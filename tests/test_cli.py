@@ -6,6 +6,7 @@ subprocess to see what an operator's shell sees (exit code, one line, no traceba
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -716,3 +717,19 @@ def test_requeue_poison_brings_a_request_to_success_after_the_key_is_fixed(
         assert fixed.read_json(request_id, "error.json") is None
     finally:
         fixed.host.stop()
+
+
+def test_a_reader_that_goes_away_is_not_an_unreachable_storage(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m shared.ops status ID | head -1`: the pipe closes, the command ends quietly."""
+    stage.put("piped", "status.json", status_json("piped", "running", []))
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    code = main(["status", "piped"], environ=stage.env, cwd=stage.cwd)
+    assert code == 0
+    assert "unreachable" not in stage.capsys.readouterr().err

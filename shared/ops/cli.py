@@ -13,7 +13,9 @@ blobs and the queue is in `shared.ops.operations`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -479,6 +481,11 @@ def main(
     except ClientAuthenticationError as exc:
         _warn(f"storage at {storage.endpoint} refused the credentials: {_first_line(exc)}")
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`status ID | head`): not storage's fault, and nothing to say.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stops the interpreter's own flush error
+        return EXIT_OK
     except (ServiceRequestError, ServiceResponseError, ConnectionError) as exc:
         _warn(f"storage unreachable at {storage.endpoint}: {_unreachable_reason(exc)}")
         return EXIT_UNREACHABLE
