@@ -157,7 +157,7 @@ def test_the_product_runs_on_identity_based_storage(
         )
         text = f"identity storage {uuid.uuid4().hex}"
         rid = client.submit({"prompt": text, "size": "1024x1024", "quality": "low"})
-        manifest = client.wait(rid, timeout=120, poll_s=0.2)
+        manifest = client.wait(rid, timeout=120, poll_s=0.2).model_dump(mode="json")
     finally:
         if host is not None:
             host.stop()
