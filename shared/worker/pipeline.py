@@ -7,17 +7,15 @@ after `maxDequeueCount`, a poison message. Nothing is acknowledged without a rec
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.azure_openai.image_api import AttemptResult, ImageCall, InputFile, OnPartial
+from shared.azure_openai.image_api import InputFile
 from shared.contract.request import (
     ID_PATTERN,
     GenerationRequest,
@@ -26,17 +24,12 @@ from shared.contract.request import (
     excerpt,
     parse_message,
 )
-from shared.policy.outcomes import judge
 from shared.policy.planner import (
-    Done,
     FailInvocation,
     GiveUp,
     Requeue,
-    Send,
-    Situation,
-    Wait,
 )
-from shared.records.attempts import AttemptRecord, epoch_s, iso_utc
+from shared.records.attempts import iso_utc
 from shared.records.documents import (
     ErrorKind,
     Status,
@@ -47,16 +40,12 @@ from shared.records.documents import (
 from shared.records.history import CallHistory
 from shared.storage.store import ImageInfo, InputNotFound, LockHeld, RequestLock
 from shared.telemetry import NO_TRACE, Delivery, DeliveryTrace
-from shared.worker.router import Use
+from shared.worker.images import Ending, ImageSteps, Inputs
 from shared.worker.runtime import Runtime
 
 log = logging.getLogger("imagegen.pipeline")
 
 PROMPT_LOG_CHARS = 80
-# A claim refused with no wait means another thread took the slot a moment ago: ask again, no spin.
-MIN_PICK_PAUSE_S = 0.02
-# Waits at least this long are shown in status.json (`retrying`); shorter quota waits are not.
-SHOWN_WAIT_S = 1.0
 INPUT_CONTENT_TYPES = {
     "png": "image/png",
     "jpg": "image/jpeg",
@@ -143,12 +132,11 @@ def _valid_own_id(body: bytes | str) -> str | None:
     return candidate if candidate is not None and re.fullmatch(ID_PATTERN, candidate) else None
 
 
-_Inputs = tuple[tuple[InputFile, ...], InputFile | None]  # edit: the images and the mask
-_Ending = Requeue | GiveUp | FailInvocation  # the planner's steps that end a delivery
-
-
 @dataclass
-class _Job:
+class _Job(ImageSteps):
+    """One delivery of one request: the lifecycle (duplicates, the lease, the records); the
+    images' own steps are `ImageSteps`."""
+
     request: GenerationRequest
     message_id: str
     rt: Runtime
@@ -161,8 +149,8 @@ class _Job:
     started: float = 0.0  # monotonic start of this delivery, for the invocation's time budget
     delivery_started: float = 0.0  # the same moment on the wall clock (epoch seconds, ms floor)
     delivery_calls: int = 0
-    # The n images run on threads of their own: their shared state changes under this lock, and
-    # the first image to end the delivery (give up, re-enqueue, fail) stops the others' next step.
+    # The n images run on threads of their own (`ImageSteps`): their shared state changes under
+    # this lock, and the first image to end the delivery stops the others' next step.
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _stop: threading.Event = field(default_factory=threading.Event)
     trace: DeliveryTrace = NO_TRACE  # this delivery's span (telemetry); does nothing when off
@@ -284,26 +272,7 @@ class _Job:
             return self._end(endings)
         return self._succeed()
 
-    def _generate_all(self, missing: list[int], inputs: _Inputs) -> list[_Ending]:
-        """Every missing image at once, each paced like any other call; what ended the delivery.
-
-        One slow or failing image does not hold the others' blobs back: each is written when done.
-        The invocation's thread waits; the streams count against the process's stream slots.
-        """
-        if len(missing) <= 1:
-            return [e for e in (self._generate(i, inputs) for i in missing) if e is not None]
-        with ThreadPoolExecutor(len(missing), thread_name_prefix=f"image-{self.id}") as pool:
-            # Each thread in a copy of this one's context: blob-write spans nest under the delivery.
-            futures = [
-                pool.submit(contextvars.copy_context().run, self._generate, index, inputs)
-                for index in missing
-            ]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]  # type: ignore[misc]  # LockLost, or a storage error: redeliver
-        return [e for e in (f.result() for f in futures) if e is not None]
-
-    def _end(self, endings: list[_Ending]) -> Result:
+    def _end(self, endings: list[Ending]) -> Result:
         """How the delivery ends when an image did not finish: the gravest ending wins."""
         for ending in endings:
             if isinstance(ending, FailInvocation):
@@ -319,7 +288,7 @@ class _Job:
         soonest = min((e for e in endings if isinstance(e, Requeue)), key=lambda e: e.seconds)
         return self._continue_later(soonest.seconds, soonest.reason)
 
-    def _load_inputs(self) -> _Inputs:
+    def _load_inputs(self) -> Inputs:
         if self.request.operation != "edit":
             return (), None
         paths = self.request.input_images or []
@@ -335,135 +304,11 @@ class _Job:
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else "png"
         return InputFile(name, data, INPUT_CONTENT_TYPES.get(ext, "application/octet-stream"))
 
-    def _generate(self, index: int, inputs: _Inputs) -> _Ending | None:
-        """Carry out the planner's steps for image `index` until it is stored or the delivery ends.
-
-        Returns the step that ends the delivery (carried out by `_end` once every image stopped, so
-        nothing is written after a terminal record), or None: stored, or stopped by another image.
-        """
-        try:
-            while not self._stop.is_set():
-                self._check_lock()  # A call made without the lease may be made again elsewhere.
-                match self.rt.planner.next_step(self._situation(index)):
-                    case Done():
-                        return None
-                    case Send() as send:
-                        self._send(index, send, inputs)
-                    case Wait(seconds=seconds, reason=reason):
-                        if seconds >= SHOWN_WAIT_S:
-                            self._write_status(Status.RETRYING, detail=reason)
-                        # A sleep that ends early when another image ends the delivery.
-                        self._stop.wait(max(seconds, MIN_PICK_PAUSE_S))
-                    case Requeue() | GiveUp() | FailInvocation() as ending:
-                        self._stop.set()
-                        return ending
-            return None
-        except BaseException:
-            self._stop.set()
-            raise
-
-    def _verdict(self) -> dict[str, Any] | None:
-        """The safety system's verdict on the latest refused attempt, for error.json."""
-        with self._mutex:
-            for attempt in reversed(self.history.attempts):
-                if attempt.error is not None and attempt.error.content_filter is not None:
-                    return attempt.error.content_filter
-        return None
-
-    def _situation(self, index: int) -> Situation:
-        monotonic = self.rt.monotonic()
-        with self._mutex:
-            history = self.history.for_image(index)
-        return Situation(
-            history=history,
-            deployments=self.rt.router.view(monotonic),
-            now=self.rt.now().timestamp(),
-            deadline=epoch_s(self.first_delivery_at) + self.rt.settings.request_deadline_s,
-            delivery_started=self.delivery_started,
-            budget_left_s=self.rt.settings.invocation_budget_s - (monotonic - self.started),
-            delivery_calls=self.delivery_calls,
-            requested_partials=self.request.partial_images,
-            image_stored=index in self.images,
-        )
-
     def _continue_later(self, delay_s: float, reason: str) -> Result:
         self._write_status(Status.RETRYING, detail=reason)
         self._send_continuation(delay_s)
         log.info("request %s continues in %.1fs by a new message: %s", self.id, delay_s, reason)
         return Result.REQUEUED
-
-    def _send(self, index: int, send: Send, inputs: _Inputs) -> None:
-        """One call as the planner named it; its record reaches the router whatever happens."""
-        with self.rt.streams:  # the process's stream slots: memory per stream decides the instance
-            claim = self.rt.router.claim(send.deployment, self.rt.monotonic())
-            if not isinstance(claim, Use):
-                # Another thread or instance took the slot first; the router's view now says when.
-                self._stop.wait(MIN_PICK_PAUSE_S)
-                return
-            if self.lock is not None and self.lock.lost:
-                # The claim may have waited out a storage outage that cost the lease: a call now
-                # could be made again by the delivery that holds it next. Found by the soak.
-                self.rt.router.release(claim)
-                self._check_lock()
-            with self._mutex:
-                number = self.history.reserve_number()
-            result: AttemptResult | None = None
-            try:
-                result = self.rt.api.attempt(
-                    claim.deployment,
-                    self._call(send.partial_images, inputs),
-                    attempt_no=number,
-                    image_index=index,
-                    on_partial=self._partial_writer(index),
-                )
-            finally:
-                if result is None:
-                    self.rt.router.release(claim)  # it raised before a record existed
-                else:
-                    self.rt.router.report(
-                        claim.deployment.name, result.record, self.rt.monotonic(),
-                        ticket=claim.ticket,
-                    )  # fmt: skip
-        record = result.record
-        self.trace.attempt(record, enqueued_at=self.created_at or None)
-        _log_attempt(self.id, record)
-        with self._mutex:
-            self.delivery_calls += 1
-            self.history.add(record, billed=lambda r: judge(r).billed)
-            self._check_lock()
-            # The history first, then the image: a manifest must never list an image without the
-            # call that made it. A crash in between costs a call (made again), not truth.
-            self._write_status(Status.RUNNING if record.succeeded else Status.RETRYING)
-        if result.image is not None:
-            info = self.rt.store.write_image(
-                self.id,
-                index,
-                result.image,
-                self.request.output_format,
-                request_id=self.id,
-                usage=result.usage,
-            )
-            with self._mutex:
-                self.images[index] = info
-
-    def _call(self, partial_images: int, inputs: _Inputs) -> ImageCall:
-        return ImageCall(
-            operation=self.request.operation,
-            fields=_api_fields(self.request),
-            partial_images=partial_images,
-            images=inputs[0],
-            mask=inputs[1],
-        )
-
-    def _partial_writer(self, index: int) -> OnPartial | None:
-        if not self.request.save_partials:
-            return None
-        fmt = self.request.output_format
-
-        def write(partial_index: int, data: bytes) -> None:
-            self.rt.store.write_partial(self.id, index, partial_index, data, fmt)
-
-        return write
 
     def _check_lock(self) -> None:
         if self.lock is not None and self.lock.lost:
@@ -549,34 +394,3 @@ class _Job:
         visibility = max(1, math.ceil(delay_s))
         message = self.trace.carry(self.request).to_message()  # with this delivery's traceparent
         self.rt.requests_queue.send_message(message, visibility_timeout=visibility)
-
-
-def _log_attempt(request_id: str, record: AttemptRecord) -> None:
-    log.info(
-        "attempt id=%s image=%d attempt=%d deployment=%s status=%s apim-request-id=%s seconds=%.1f outcome=%s",
-        request_id, record.image_index, record.attempt, record.deployment, record.http_status,
-        record.apim_request_id, record.elapsed_s, record.outcome.value,
-    )  # fmt: skip
-
-
-def _api_fields(request: GenerationRequest) -> dict[str, Any]:
-    """The request's fields as the image API names them (no `n`: streaming makes one per call).
-
-    Each endpoint gets only its own fields: `moderation` is a field of generations, `input_fidelity`
-    of edits. The contract refuses an edit whose moderation is not 'auto' (the service's default
-    without the field), so leaving it out of an edit changes nothing.
-    """
-    fields: dict[str, Any] = {
-        "prompt": request.prompt,
-        "size": request.size,
-        "quality": request.quality,
-        "output_format": request.output_format,
-        "output_compression": request.output_compression,
-        "background": request.background,
-        "user": request.user,
-    }
-    if request.operation == "edit":
-        fields["input_fidelity"] = request.input_fidelity
-    else:
-        fields["moderation"] = request.moderation
-    return fields
