@@ -205,14 +205,20 @@ def fleet_factory(
 # -- 1. a failing deployment: breaker, failover, cool-down and probe ------------------------------
 
 
+# The breaker tests are about failures, not the rate: a rate high enough, and a burst large enough,
+# that requests sent together all go to A (a paced A with its next slot later would send them to B
+# at once, which is what pacing should do, and not what these tests look at).
+BREAKER_RPM = 600
+
+
 @pytest.fixture(scope="module")
 def failover_emulator(emulator_factory: EmulatorFactory) -> Emulator:
     """A fails every 2048x2048 stream (random faults apply from a long side of 2048); B never does."""
     return emulator_factory(
         deployment=FAILING,
         extra_args=(
-            "--deployment", f"{FAILING}:rpm={RPM},fault_rate=1",
-            "--deployment", f"{HEALTHY}:rpm={RPM},fault_rate=0",
+            "--deployment", f"{FAILING}:rpm={BREAKER_RPM},fault_rate=1",
+            "--deployment", f"{HEALTHY}:rpm={BREAKER_RPM},fault_rate=0",
         ),
     )  # fmt: skip
 
@@ -220,8 +226,9 @@ def failover_emulator(emulator_factory: EmulatorFactory) -> Emulator:
 def failover_settings(emulator: Emulator, cooldown_s: float, **more: str) -> dict[str, str]:
     return {
         "AZURE_OPENAI_DEPLOYMENTS": deployments_setting(
-            emulator, (FAILING, 0, RPM), (HEALTHY, 1, RPM)
+            emulator, (FAILING, 0, BREAKER_RPM), (HEALTHY, 1, BREAKER_RPM)
         ),
+        "AZURE_OPENAI_BURST": "10",
         "IMAGE_BREAKER_FAILURES": "3",
         "IMAGE_BREAKER_COOLDOWN_S": str(cooldown_s),
         # A backoff would now be seconds long (full jitter up to 20 s, past the inline cap a

@@ -270,7 +270,8 @@ def _running_ids(harness: Harness) -> list[str]:
 
 
 def _wait_at_capacity(harness: Harness, host: Service, running: int) -> None:
-    wait_until(lambda: len(harness.files("running-")) == running, 20, what=f"{running} running")
+    # A deadline, not a time claim: a busy machine may take a while to start the host's first batch.
+    wait_until(lambda: len(harness.files("running-")) == running, 60, what=f"{running} running")
     # The host said it stopped fetching because it was full, not because the queue looked empty.
     wait_until(lambda: f"at capacity: {running} in flight" in log_of(host), 10, what="capacity")
     assert len(harness.files("running-")) == running
