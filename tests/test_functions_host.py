@@ -277,12 +277,22 @@ def _wait_at_capacity(harness: Harness, host: Service, running: int) -> None:
     assert len(harness.files("running-")) == running
 
 
-def _measure_max_running(
-    harness: Harness, host: Service, queue: QueueClient, messages: int, steps: list[int]
-) -> int:
-    """Hold every message; at each step release enough running ones to let the next batch in."""
+def _send_held(queue: QueueClient, messages: int) -> None:
     for _ in range(messages):
         queue.send_message(json.dumps({"hold": True}))
+
+
+def _measure_max_running(
+    harness: Harness,
+    host: Service,
+    queue: QueueClient,
+    messages: int,
+    steps: list[int],
+    sent: bool = False,
+) -> int:
+    """Hold every message; at each step release enough running ones to let the next batch in."""
+    if not sent:
+        _send_held(queue, messages)
     for running, release in zip(steps, [*[steps[0] - 2] * (len(steps) - 1), 0], strict=True):
         _wait_at_capacity(harness, host, running)
         for message_id in _running_ids(harness)[:release]:
@@ -299,9 +309,12 @@ def test_in_flight_limit_is_batch_size_plus_new_batch_threshold(
     name = unique_name("limit")
     queue = harness.queue(name)
     app_dir = _limit_app(harness, name, {"batchSize": 4, "newBatchThreshold": 2}, threads="16")
+    # All 12 queued before the host starts: a poll racing the sends could get fewer than 4, and
+    # then fetch again below the threshold, so "4 running" would never be seen.
+    _send_held(queue, 12)
     host = harness.start_host(app_dir, "--verbose")
     # The host fetches 4, then another 4 once in-flight falls to 2: at most 4 + 2 run at once.
-    assert _measure_max_running(harness, host, queue, messages=12, steps=[4, 6]) == 6
+    assert _measure_max_running(harness, host, queue, messages=12, steps=[4, 6], sent=True) == 6
 
 
 def test_in_flight_limit_is_the_thread_pool_for_def_functions(
