@@ -2,7 +2,7 @@
 
 Pure functions from the request records of docs/design.md §5 to a `Report` value and its text,
 so the grouping is tested on dicts and the CLI only fetches blobs and prints. The text is shaped
-like a paragraph of an Azure support ticket (seed-support-ticket.txt): who, where, which API
+like a paragraph of an Azure support ticket (docs/design.md §1): who, where, which API
 version, then one line per failure type with every apim-request-id support needs to look it up.
 """
 
